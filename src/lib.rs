@@ -1,0 +1,7 @@
+//! levee: an HTTP load balancer that never sends a server more than it can take.
+//!
+//! See `../shared/design.md` for the map of modules and the request flow.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod cli;
