@@ -3,5 +3,12 @@
 //! See `../shared/design.md` for the map of modules and the request flow.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod observe;
+pub mod proxy;

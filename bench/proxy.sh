@@ -1,0 +1,491 @@
+#!/usr/bin/env bash
+# bench/proxy.sh: compare levee with nginx and HAProxy as HTTP/1.1 reverse
+# proxies in front of the same static backend, measured with wrk.
+#
+# Every proxy runs on one core/thread (levee --threads 1, nginx 1 worker,
+# HAProxy nbthread 1) and balances round robin over two backend servers
+# with keep-alive to the backends. See bench/README.md.
+#
+# Environment:
+#   BENCH_THREADS=1      wrk threads (-t)
+#   BENCH_CONNS=50       wrk connections (-c)
+#   BENCH_DURATION=10s   wrk measured duration (-d); a 2s warm-up precedes it
+#   BENCH_WARMUP=2s      warm-up duration (BENCH_WARMUP=0 skips it)
+#   BENCH_WRITE=1        append the results to bench/RESULTS.md (0: don't)
+#   BENCH_SKIP_LEVEE=0   1: leave levee out (nginx, HAProxy, backend only)
+#   BENCH_PIN=1          0: no CPU pinning (taskset)
+#   BENCH_PROXY_CPU=0    CPU for the proxy under test
+#   BENCH_BACKEND_CPU=0  CPU for the backend nginx
+#   BENCH_CLIENT_CPU=1   CPU for wrk
+#   LEVEE_BIN=target/release/levee   (relative paths are from the repo root)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+INVOCATION="bench/proxy.sh${*:+ $*}"
+THREADS=${BENCH_THREADS:-1}
+CONNS=${BENCH_CONNS:-50}
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+WRITE=${BENCH_WRITE:-1}
+SKIP_LEVEE=${BENCH_SKIP_LEVEE:-0}
+PIN=${BENCH_PIN:-1}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+BACKEND_CPU=${BENCH_BACKEND_CPU:-0}
+LEVEE_BIN_DEFAULT=target/release/levee
+LEVEE_BIN=${LEVEE_BIN:-$LEVEE_BIN_DEFAULT}
+
+BACKEND1=127.0.0.1:18081
+BACKEND2=127.0.0.1:18082
+NGINX_ADDR=127.0.0.1:18090
+HAPROXY_ADDR=127.0.0.1:18091
+LEVEE_ADDR=127.0.0.1:18092
+LEVEE_ADMIN_ADDR=127.0.0.1:18093
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# Duration in wrk syntax (10, 10s, 2m, 1h) -> whole seconds.
+to_seconds() {
+    local d=$1
+    case $d in
+        *h) echo $(( ${d%h} * 3600 )) ;;
+        *m) echo $(( ${d%m} * 60 )) ;;
+        *s) echo $(( ${d%s} )) ;;
+        *) echo $(( d )) ;;
+    esac
+}
+DURATION_S=$(to_seconds "$DURATION") || die "bad BENCH_DURATION=$DURATION"
+WARMUP_S=$(to_seconds "$WARMUP") || die "bad BENCH_WARMUP=$WARMUP"
+[[ $THREADS =~ ^[0-9]+$ && $CONNS =~ ^[0-9]+$ && $DURATION_S -gt 0 ]] ||
+    die "BENCH_THREADS/BENCH_CONNS must be integers, BENCH_DURATION > 0"
+
+# ---------------------------------------------------------------- tools
+find_bin() { # name -> path (also looks in sbin, not in a normal user's PATH)
+    local p
+    p=$(command -v "$1" 2>/dev/null) && { echo "$p"; return 0; }
+    for p in /usr/sbin/$1 /usr/local/sbin/$1 /sbin/$1; do
+        [[ -x $p ]] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+missing=()
+for tool in nginx haproxy wrk curl; do
+    find_bin "$tool" >/dev/null || missing+=("$tool")
+done
+if (( ${#missing[@]} )); then
+    log "installing missing packages: ${missing[*]}"
+    SUDO=()
+    if (( EUID != 0 )); then
+        command -v sudo >/dev/null || die "need root or sudo to install ${missing[*]}"
+        SUDO=(sudo)
+    fi
+    command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} yourself"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+NGINX=$(find_bin nginx) || die "nginx not found"
+HAPROXY=$(find_bin haproxy) || die "haproxy not found"
+WRK=$(find_bin wrk) || die "wrk not found"
+command -v curl >/dev/null || die "curl not found"
+
+NCPU=$(nproc)
+if [[ $PIN == 1 ]] && (( NCPU >= 2 )) && command -v taskset >/dev/null &&
+   (( PROXY_CPU < NCPU && CLIENT_CPU < NCPU && BACKEND_CPU < NCPU )); then
+    PIN_PROXY=(taskset -c "$PROXY_CPU")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPU")
+    PIN_BACKEND=(taskset -c "$BACKEND_CPU")
+    PINNING="taskset: proxy under test on CPU $PROXY_CPU, backend nginx on CPU $BACKEND_CPU, wrk on CPU $CLIENT_CPU"
+else
+    PIN_PROXY=()
+    PIN_CLIENT=()
+    PIN_BACKEND=()
+    PINNING="none (BENCH_PIN=$PIN, nproc=$NCPU)"
+fi
+
+if [[ $SKIP_LEVEE != 1 ]]; then
+    [[ $LEVEE_BIN == /* ]] || LEVEE_BIN="$ROOT/$LEVEE_BIN"
+    if [[ ! -x $LEVEE_BIN ]]; then
+        [[ $LEVEE_BIN == "$ROOT/$LEVEE_BIN_DEFAULT" ]] ||
+            die "LEVEE_BIN=$LEVEE_BIN does not exist"
+        log "building levee (cargo build --release)"
+        cargo build --release --quiet || die "cargo build --release failed"
+        [[ -x $LEVEE_BIN ]] || die "$LEVEE_BIN still missing after cargo build"
+    fi
+    levee_help=$("$LEVEE_BIN" serve --help 2>&1 || true)
+    [[ $levee_help == *--threads* ]] ||
+        die "$LEVEE_BIN serve has no --threads option (or BENCH_SKIP_LEVEE=1)"
+fi
+
+# ---------------------------------------------------------------- processes
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/levee-bench.XXXXXX")
+chmod 755 "$TMP" # nginx workers may run as an unprivileged user
+PIDS=()
+
+stop_pid() { # pid: TERM, wait up to 5s, then KILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+for a in $BACKEND1 $BACKEND2 $NGINX_ADDR $HAPROXY_ADDR $LEVEE_ADDR $LEVEE_ADMIN_ADDR; do
+    port_free "$a" || die "$a is already in use"
+done
+
+start() { # name cmd...: start in background, log to $TMP/name.log, sets LAST_PID
+    local name=$1; shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+wait_http() { # name addr pid: wait (10s max) until GET / answers 200
+    local name=$1 addr=$2 pid=$3 deadline=$((SECONDS + 10))
+    while (( SECONDS < deadline )); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            cat "$TMP/$name.log" >&2 || true
+            die "$name exited during startup"
+        fi
+        if [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$addr/" || true) == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$TMP/$name.log" >&2 || true
+    die "$name did not answer 200 on $addr within 10s"
+}
+
+nginx_common() { # prefix dir: the main-context and http-context boilerplate
+    local dir=$1
+    mkdir -p "$dir/tmp"
+    cat <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+EOF
+}
+
+start_nginx() { # name conf-file
+    local name=$1 conf=$2 dir
+    dir=$(dirname "$conf")
+    "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$conf" ||
+        die "$name: invalid nginx config $conf"
+    start "$name" "${NGINX_PIN[@]}" "$NGINX" -p "$dir" -e "$dir/error.log" -c "$conf" -g 'daemon off;'
+}
+
+# Backend: one nginx worker, two servers, static 200.
+mkdir -p "$TMP/backend"
+{
+    nginx_common "$TMP/backend"
+    for a in $BACKEND1 $BACKEND2; do
+        cat <<EOF
+    server {
+        listen $a;
+        location / { return 200 "hello from backend\n"; }
+    }
+EOF
+    done
+    echo "}"
+} >"$TMP/backend/nginx.conf"
+
+# nginx as proxy.
+mkdir -p "$TMP/nginx"
+{
+    nginx_common "$TMP/nginx"
+    cat <<EOF
+    upstream web {
+        server $BACKEND1;
+        server $BACKEND2;
+        keepalive 64;
+        keepalive_requests 100000;
+    }
+    server {
+        listen $NGINX_ADDR;
+        location / {
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+} >"$TMP/nginx/nginx.conf"
+
+# HAProxy.
+mkdir -p "$TMP/haproxy"
+cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend fe
+    bind $HAPROXY_ADDR
+    default_backend web
+
+backend web
+    balance roundrobin
+    server s1 $BACKEND1
+    server s2 $BACKEND2
+EOF
+
+# levee.
+mkdir -p "$TMP/levee"
+cat >"$TMP/levee/levee.toml" <<EOF
+[listener]
+bind = "$LEVEE_ADDR"
+
+[admin]
+bind = "$LEVEE_ADMIN_ADDR"
+
+[access_log]
+enabled = false
+
+[pools.web]
+servers = ["$BACKEND1", "$BACKEND2"]
+algorithm = "round_robin"
+max_concurrency = 256
+queue_size = 1024
+EOF
+
+start_target() { # target -> sets TARGET_PID (0 for the backend itself)
+    case $1 in
+        backend) TARGET_PID=0 ;;
+        nginx)
+            NGINX_PIN=("${PIN_PROXY[@]}"); start_nginx nginx "$TMP/nginx/nginx.conf"
+            TARGET_PID=$LAST_PID; wait_http nginx "$NGINX_ADDR" "$TARGET_PID" ;;
+        haproxy)
+            "$HAPROXY" -c -q -f "$TMP/haproxy/haproxy.cfg" || die "invalid HAProxy config"
+            start haproxy "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$TMP/haproxy/haproxy.cfg"
+            TARGET_PID=$LAST_PID; wait_http haproxy "$HAPROXY_ADDR" "$TARGET_PID" ;;
+        levee)
+            start levee "${PIN_PROXY[@]}" "$LEVEE_BIN" serve --config "$TMP/levee/levee.toml" --threads 1
+            TARGET_PID=$LAST_PID; wait_http levee "$LEVEE_ADDR" "$TARGET_PID" ;;
+    esac
+}
+
+# CPUs whose utilisation is reported: the pinned ones, or all CPUs together.
+if (( ${#PIN_PROXY[@]} )); then
+    CPU_IDS=$(printf '%s\n' "$PROXY_CPU" "$BACKEND_CPU" "$CLIENT_CPU" | sort -un | tr '\n' ' ')
+else
+    CPU_IDS=all
+fi
+cpu_label() { # id -> column header
+    [[ $1 == all ]] && { echo "CPU busy (all $NCPU)"; return; }
+    local what=()
+    [[ $1 == "$PROXY_CPU" ]] && what+=(proxy)
+    [[ $1 == "$BACKEND_CPU" ]] && what+=(backend)
+    [[ $1 == "$CLIENT_CPU" ]] && what+=(wrk)
+    local IFS=+
+    echo "CPU$1 busy (${what[*]})"
+}
+# busy and total jiffies of the CPUs in CPU_IDS -> "busy total busy total ..."
+cpu_jiffies() {
+    awk -v ids="$CPU_IDS" '
+    BEGIN { n = split(ids, id, " ") }
+    { j[$1] = $0 }
+    END {
+        for (k = 1; k <= n; k++) {
+            split(j[id[k] == "all" ? "cpu" : "cpu" id[k]], f, " ")
+            t = 0; for (i = 2; i in f; i++) t += f[i]
+            printf "%d %d ", t - f[5] - f[6], t
+        }
+        print ""
+    }' /proc/stat
+}
+cpu_percent() { # "before" "after" -> "p% p% ..."
+    local -a a=($1) b=($2)
+    local i out=() dt
+    for (( i = 0; i < ${#a[@]}; i += 2 )); do
+        dt=$(( b[i+1] - a[i+1] )); (( dt > 0 )) || dt=1
+        out+=("$(( (b[i] - a[i]) * 100 / dt ))%")
+    done
+    echo "${out[*]}"
+}
+
+# wrk --latency output -> "req/s p50_ms p99_ms errors"
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000
+        if (u == "ms") return n
+        if (u == "s")  return n * 1000
+        if (u == "m")  return n * 60000
+        if (u == "h")  return n * 3600000
+        return -1
+    }
+    /^Requests\/sec:/          { rps = $2 }
+    $1 == "50%"               { p50 = ms($2) }
+    $1 == "99%"               { p99 = ms($2) }
+    /Non-2xx or 3xx responses/ { err += $NF }
+    /Socket errors:/          { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+    END {
+        if (rps == "" || p50 == "" || p99 == "") exit 1
+        printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err
+    }' "$1"
+}
+
+run_wrk() { # url seconds outfile
+    timeout $(( $2 + 30 )) "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$2s" \
+        --latency "$1" >"$3" 2>&1 || { cat "$3" >&2; die "wrk failed against $1"; }
+}
+
+declare -A ADDR=([backend]=$BACKEND1 [nginx]=$NGINX_ADDR [haproxy]=$HAPROXY_ADDR [levee]=$LEVEE_ADDR)
+declare -A LABEL=([backend]="backend direct" [nginx]="nginx (1 worker)" [haproxy]="HAProxy (1 thread)" [levee]="levee (--threads 1)")
+declare -A RPS P50 P99 ERRS CPU
+TARGETS=(backend nginx haproxy)
+[[ $SKIP_LEVEE == 1 ]] || TARGETS+=(levee)
+
+NGINX_PIN=("${PIN_BACKEND[@]}")
+start_nginx backend "$TMP/backend/nginx.conf"
+BACKEND_PID=$LAST_PID
+wait_http backend "$BACKEND1" "$BACKEND_PID"
+wait_http backend "$BACKEND2" "$BACKEND_PID"
+
+# Other work on the machine (a compiler, ...) skews everything: measure it for 1s.
+all_jiffies() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+read -r ib0 it0 < <(all_jiffies); sleep 1; read -r ib1 it1 < <(all_jiffies)
+IDLE_BUSY=$(( (ib1 - ib0) * 100 / ((it1 - it0) > 0 ? (it1 - it0) : 1) ))
+LOAD_BEFORE="CPU ${IDLE_BUSY}% busy over the 1s before the run (all cores), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if (( IDLE_BUSY > 10 )); then
+    log "warning: machine not idle before the run: $LOAD_BEFORE; results will be skewed"
+fi
+WRK_CMD="wrk -t$THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/"
+log "wrk: $WRK_CMD (warm-up ${WARMUP_S}s); pinning: $PINNING"
+for t in "${TARGETS[@]}"; do
+    start_target "$t"
+    url="http://${ADDR[$t]}/"
+    body=$(curl -s -m 2 "$url") || die "$t: GET $url failed"
+    [[ $body == "hello from backend" ]] || die "$t: unexpected body: $body"
+    if (( WARMUP_S > 0 )); then
+        log "$t: warm-up ${WARMUP_S}s"
+        run_wrk "$url" "$WARMUP_S" "$TMP/$t.warmup.txt"
+    fi
+    log "$t: measuring ${DURATION_S}s"
+    j0=$(cpu_jiffies)
+    run_wrk "$url" "$DURATION_S" "$TMP/$t.wrk.txt"
+    j1=$(cpu_jiffies)
+    CPU[$t]=$(cpu_percent "$j0" "$j1")
+    parsed=$(parse_wrk "$TMP/$t.wrk.txt") || { cat "$TMP/$t.wrk.txt" >&2; die "$t: cannot parse wrk output"; }
+    read -r RPS[$t] P50[$t] P99[$t] ERRS[$t] <<<"$parsed"
+    log "$t: ${RPS[$t]} req/s, p50 ${P50[$t]} ms, p99 ${P99[$t]} ms, errors ${ERRS[$t]}"
+    (( TARGET_PID == 0 )) || stop_pid "$TARGET_PID"
+    if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+        cat "$TMP/backend.log" >&2; die "backend nginx died"
+    fi
+done
+
+# ---------------------------------------------------------------- report
+ratio() { # a b -> a/b with 2 decimals, or n/a
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
+}
+
+NGINX_VER=$("$NGINX" -v 2>&1 | sed 's/^nginx version: nginx\///')
+HAPROXY_VER=$("$HAPROXY" -v 2>&1 | awk 'NR == 1 { print $3 }')
+WRK_VER=$({ "$WRK" -v 2>&1 || true; } | awk 'NR == 1 { print $2 }')
+if [[ $SKIP_LEVEE == 1 ]]; then
+    LEVEE_VER="skipped (BENCH_SKIP_LEVEE=1)"
+else
+    LEVEE_VER=$({ "$LEVEE_BIN" --version 2>/dev/null || true; } | awk 'NR == 1')
+    LEVEE_VER="${LEVEE_VER:-levee} (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
+fi
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
+[[ $SKIP_LEVEE == 1 ]] && ENV_PREFIX+=" BENCH_SKIP_LEVEE=1"
+[[ $WARMUP == 2s ]] || ENV_PREFIX+=" BENCH_WARMUP=$WARMUP"
+[[ $PIN == 1 ]] || ENV_PREFIX+=" BENCH_PIN=$PIN"
+[[ $PROXY_CPU$BACKEND_CPU$CLIENT_CPU == 001 ]] ||
+    ENV_PREFIX+=" BENCH_PROXY_CPU=$PROXY_CPU BENCH_BACKEND_CPU=$BACKEND_CPU BENCH_CLIENT_CPU=$CLIENT_CPU"
+[[ $SKIP_LEVEE == 1 || $LEVEE_BIN == "$ROOT/$LEVEE_BIN_DEFAULT" ]] || ENV_PREFIX+=" LEVEE_BIN=$LEVEE_BIN"
+
+report() {
+    local id t head="| target | req/s | p50 ms | p99 ms | errors |" sep="|---|---:|---:|---:|---:|"
+    for id in $CPU_IDS; do head+=" $(cpu_label "$id") |"; sep+="---:|"; done
+    echo "$head"
+    echo "$sep"
+    for t in "${TARGETS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "${RPS[$t]}" \
+            "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${CPU[$t]// / | }"
+    done
+    echo
+    if [[ $SKIP_LEVEE == 1 ]]; then echo "- levee skipped (BENCH_SKIP_LEVEE=1): no ratios"; return; fi
+    echo "- levee/nginx req/s: $(ratio "${RPS[levee]:-}" "${RPS[nginx]}")"
+    echo "- levee/HAProxy req/s: $(ratio "${RPS[levee]:-}" "${RPS[haproxy]}")"
+    echo "- levee/nginx p99: $(ratio "${P99[levee]:-}" "${P99[nginx]}") (${P99[levee]:-n/a} ms vs ${P99[nginx]} ms; < 1 means levee is faster)"
+    echo "- levee/HAProxy p99: $(ratio "${P99[levee]:-}" "${P99[haproxy]}") (${P99[levee]:-n/a} ms vs ${P99[haproxy]} ms)"
+    echo "- levee/nginx p50: $(ratio "${P50[levee]:-}" "${P50[nginx]}"); levee/HAProxy p50: $(ratio "${P50[levee]:-}" "${P50[haproxy]}")"
+}
+
+echo
+report
+
+if [[ $WRITE == 1 ]]; then
+    out="$ROOT/bench/RESULTS.md"
+    [[ -f $out ]] || printf '# levee proxy benchmark results\n\nAppended by `bench/proxy.sh` (see bench/README.md). Newest last.\n' >"$out"
+    {
+        echo
+        echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $NCPU"
+        echo
+        echo "- machine: $NCPU cores (\`nproc\`), ${CPU_MODEL:-unknown CPU}, $(uname -sr)"
+        echo "- versions: nginx $NGINX_VER, HAProxy $HAPROXY_VER, wrk $WRK_VER, levee $LEVEE_VER"
+        echo "- command: \`$ENV_PREFIX $INVOCATION\`"
+        echo "- wrk per target: \`${WRK_CMD/-d$DURATION/-d${DURATION_S}s}\` after a ${WARMUP_S}s warm-up with the same parameters"
+        echo "- other load: $LOAD_BEFORE"
+        echo "- pinning: $PINNING."
+        if (( ${#PIN_PROXY[@]} )) && [[ $PROXY_CPU$BACKEND_CPU$CLIENT_CPU == 001 ]]; then
+            echo "  Why: with 2 cores, wrk gets a core of its own so the load generator is never the limit"
+            echo "  (its CPU column stays well under 100% for proxied targets), and everything a proxied request"
+            echo "  costs server-side (proxy + backend) is confined to the other core, the same for every proxy."
+            echo "  req/s therefore measures proxy cost plus a constant backend cost; the backend alone"
+            echo "  (\"backend direct\") is far cheaper. Putting the proxy alone on a core and wrk+backend on the"
+            echo "  other made the wrk+backend core the bottleneck (~88k req/s for every proxy), hiding differences."
+        fi
+        echo "- setup: backend = one nginx (1 worker) serving a 19-byte 200 on $BACKEND1 and $BACKEND2;"
+        echo "  each proxy uses one core/thread, round robin over both, keep-alive to the backends"
+        echo "  (nginx: upstream keepalive 64; HAProxy: http-reuse always; levee: max_concurrency 256, queue 1024), no access logs."
+        echo
+        report
+    } >>"$out"
+    log "appended to $out"
+fi

@@ -1,0 +1,370 @@
+//! The metrics registry. Counters on the request path are pre-resolved handles (atomics), so
+//! recording a request takes no lock and allocates nothing; state gauges (in-flight, caps,
+//! health, queue depth) are read at scrape time by a collector.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+
+/// Labels: pairs of a fixed name and a value from config names or a small fixed set.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Why levee answered a request itself instead of forwarding it. A small fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    QueueFull,
+    QueueTimeout,
+    NoHealthyServer,
+    NoRoute,
+    HeaderTooLarge,
+    UriTooLong,
+    BodyTooLarge,
+    HeaderTimeout,
+    BadRequest,
+    RequestTimeout,
+    UpstreamTimeout,
+    UpstreamConnect,
+    UpstreamError,
+    MaxConnections,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::QueueFull,
+        Reason::QueueTimeout,
+        Reason::NoHealthyServer,
+        Reason::NoRoute,
+        Reason::HeaderTooLarge,
+        Reason::UriTooLong,
+        Reason::BodyTooLarge,
+        Reason::HeaderTimeout,
+        Reason::BadRequest,
+        Reason::RequestTimeout,
+        Reason::UpstreamTimeout,
+        Reason::UpstreamConnect,
+        Reason::UpstreamError,
+        Reason::MaxConnections,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::NoHealthyServer => "no_healthy_server",
+            Reason::NoRoute => "no_route",
+            Reason::HeaderTooLarge => "header_too_large",
+            Reason::UriTooLong => "uri_too_long",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::BadRequest => "bad_request",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamConnect => "upstream_connect_error",
+            Reason::UpstreamError => "upstream_bad_response",
+            Reason::MaxConnections => "max_connections",
+        }
+    }
+
+    fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Point-in-time state read at scrape time.
+pub trait StateSource: Send + Sync + 'static {
+    /// One entry per server: (pool, server, in_flight, cap, up).
+    fn servers(&self) -> Vec<(String, String, u64, u64, bool)>;
+    /// One entry per pool: (pool, queue depth).
+    fn pools(&self) -> Vec<(String, u64)>;
+}
+
+/// All of levee's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram>,
+    rejections: Vec<Counter>,
+    retries: Family<Labels, Counter>,
+    retry_budget_exhausted: Family<Labels, Counter>,
+    ejections: Family<Labels, Counter>,
+    health_transitions: Family<Labels, Counter>,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    /// Open client connections.
+    pub open_connections: Gauge,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Per-server counter handles, resolved once.
+#[derive(Debug, Clone)]
+pub struct ServerCounters {
+    /// Index 0..5 = 1xx..5xx.
+    pub by_class: [Counter; 5],
+    pub ejections: Counter,
+}
+
+/// Per-pool handles, resolved once.
+#[derive(Debug, Clone)]
+pub struct PoolCounters {
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub health_down: Counter,
+    pub health_up: Counter,
+}
+
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Arc<Metrics> {
+        let mut reg = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_requests",
+            "Requests answered by a backend server, by pool, server and status class",
+            requests.clone(),
+        );
+        let duration =
+            Family::<Labels, Histogram>::new_with_constructor(
+                || Histogram::new(duration_buckets()),
+            );
+        reg.register(
+            "levee_request_duration_seconds",
+            "Time from request head to response head, per pool (including queue wait)",
+            duration.clone(),
+        );
+        let rej = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_rejections",
+            "Requests or connections levee answered or refused itself, by reason",
+            rej.clone(),
+        );
+        let rejections = Reason::ALL
+            .iter()
+            .map(|r| {
+                rej.get_or_create(&vec![("reason", r.as_str().to_string())])
+                    .clone()
+            })
+            .collect();
+        let retries = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_retries",
+            "Retries sent to another server, per pool",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_retry_budget_exhausted",
+            "Retries not sent because the pool's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let ejections = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_outlier_ejections",
+            "Passive outlier ejections, per server",
+            ejections.clone(),
+        );
+        let health_transitions = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_health_transitions",
+            "Active health check transitions, per pool and direction",
+            health_transitions.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_config_reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        let reloads_ok = reloads
+            .get_or_create(&vec![("result", "ok".to_string())])
+            .clone();
+        let reloads_failed = reloads
+            .get_or_create(&vec![("result", "failed".to_string())])
+            .clone();
+        let open_connections = Gauge::default();
+        reg.register(
+            "levee_open_connections",
+            "Open client connections",
+            open_connections.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        reg.register(
+            "levee_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        Arc::new(Metrics {
+            registry: Mutex::new(reg),
+            requests,
+            duration,
+            rejections,
+            retries,
+            retry_budget_exhausted,
+            ejections,
+            health_transitions,
+            reloads_ok,
+            reloads_failed,
+            open_connections,
+            access_log_dropped,
+        })
+    }
+
+    /// Registers the scrape-time state collector (called once at start).
+    pub fn set_state_source(&self, src: Arc<dyn StateSource>) {
+        if let Ok(mut reg) = self.registry.lock() {
+            reg.register_collector(Box::new(StateCollector(src)));
+        }
+    }
+
+    /// Counts one rejection.
+    pub fn reject(&self, r: Reason) {
+        if let Some(c) = self.rejections.get(r.index()) {
+            c.inc();
+        }
+    }
+
+    /// The current count of a rejection reason.
+    pub fn rejections(&self, r: Reason) -> u64 {
+        self.rejections.get(r.index()).map_or(0, Counter::get)
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        c.inc();
+    }
+
+    /// Handles for a server.
+    pub fn server_counters(&self, pool: &str, server: &str) -> ServerCounters {
+        let class = |c: &str| {
+            self.requests
+                .get_or_create(&vec![
+                    ("pool", pool.to_string()),
+                    ("server", server.to_string()),
+                    ("class", c.to_string()),
+                ])
+                .clone()
+        };
+        ServerCounters {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            ejections: self
+                .ejections
+                .get_or_create(&vec![
+                    ("pool", pool.to_string()),
+                    ("server", server.to_string()),
+                ])
+                .clone(),
+        }
+    }
+
+    /// Handles for a pool.
+    pub fn pool_counters(&self, pool: &str) -> PoolCounters {
+        let l = vec![("pool", pool.to_string())];
+        let dir = |d: &str| {
+            self.health_transitions
+                .get_or_create(&vec![("pool", pool.to_string()), ("to", d.to_string())])
+                .clone()
+        };
+        PoolCounters {
+            duration: self.duration.get_or_create(&l).clone(),
+            retries: self.retries.get_or_create(&l).clone(),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create(&l).clone(),
+            health_down: dir("down"),
+            health_up: dir("up"),
+        }
+    }
+
+    /// Prometheus text exposition (or OpenMetrics, which the text format also is).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.registry.lock() {
+            if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+                out.clear();
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone)]
+struct StateCollector(Arc<dyn StateSource>);
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let servers = self.0.servers();
+        type Pick = fn(&(String, String, u64, u64, bool)) -> i64;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "levee_server_in_flight",
+                "Requests in flight to a server from levee",
+                |s| s.2 as i64,
+            ),
+            (
+                "levee_server_max_concurrency",
+                "The server's cap on in-flight requests",
+                |s| s.3 as i64,
+            ),
+            (
+                "levee_server_up",
+                "1 when the server is healthy and not ejected, else 0",
+                |s| i64::from(s.4),
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let g = ConstGauge::new(0i64);
+            let mut me = enc.encode_descriptor(name, help, None, g.metric_type())?;
+            for s in &servers {
+                let labels = [("pool", s.0.as_str()), ("server", s.1.as_str())];
+                ConstGauge::new(pick(s)).encode(me.encode_family(&labels)?)?;
+            }
+        }
+        let pools = self.0.pools();
+        let g = ConstGauge::new(0i64);
+        let mut me = enc.encode_descriptor(
+            "levee_pool_queue_depth",
+            "Requests waiting for a free server, per pool",
+            None,
+            g.metric_type(),
+        )?;
+        for (pool, depth) in &pools {
+            ConstGauge::new(*depth as i64).encode(me.encode_family(&[("pool", pool.as_str())])?)?;
+        }
+        Ok(())
+    }
+}

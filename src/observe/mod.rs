@@ -1,0 +1,4 @@
+//! Metrics and logs: the Prometheus registry and the access log.
+
+pub mod access_log;
+pub mod metrics;

@@ -1,0 +1,487 @@
+//! The per-request pipeline: limits → route → admission → forward (with retries) → record.
+//!
+//! Every step that says no answers at once with the proper status, never reaches a server,
+//! and is counted with its reason.
+
+use super::body::{Completion, ConnActivity, ReqBody, ReqBodyError, RespBody};
+use super::headers::{self, X_REQUEST_ID};
+use super::pool::{AdmitError, Permit, PoolShared, ServerState};
+use super::runtime::{Shared, Snapshot};
+use crate::config::{Algorithm, Config, HashKey};
+use crate::observe::access_log::Entry;
+use crate::observe::metrics::Reason;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+/// What one request carries through the pipeline for logging.
+struct Ctx {
+    start: Instant,
+    client: IpAddr,
+    method: Method,
+    uri: Uri,
+    request_id: HeaderValue,
+    pool: Option<Arc<str>>,
+}
+
+/// Handles one client request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    conn: Arc<ConnActivity>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    conn.active.fetch_add(1, Ordering::AcqRel);
+    let snap = shared.snapshot.load_full();
+    let cfg: &Config = &snap.cfg;
+    let client = headers::canonical_ip(peer.ip());
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+        _ => {
+            let v = headers::new_request_id();
+            req.headers_mut().insert(&X_REQUEST_ID, v.clone());
+            v
+        }
+    };
+    let mut ctx = Ctx {
+        start: Instant::now(),
+        client,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        request_id,
+        pool: None,
+    };
+
+    let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if uri_len > cfg.listener.max_uri_length {
+        return Ok(finish_local(
+            &shared,
+            &snap,
+            &ctx,
+            conn,
+            StatusCode::URI_TOO_LONG,
+            Reason::UriTooLong,
+            "URI too long\n",
+        ));
+    }
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if content_length.is_some_and(|n| n > cfg.listener.max_body_size) {
+        return Ok(finish_local(
+            &shared,
+            &snap,
+            &ctx,
+            conn,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            "request body too large\n",
+        ));
+    }
+
+    // Route.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(strip_port);
+    let path = req.uri().path();
+    let route = cfg.routes.iter().find(|r| {
+        r.host
+            .as_deref()
+            .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
+            && path.starts_with(r.path_prefix.as_str())
+    });
+    let Some(route) = route else {
+        return Ok(finish_local(
+            &shared,
+            &snap,
+            &ctx,
+            conn,
+            StatusCode::NOT_FOUND,
+            Reason::NoRoute,
+            "no route for this host and path\n",
+        ));
+    };
+    let Some(pool) = snap.pools.get(route.pool).cloned() else {
+        return Ok(finish_local(
+            &shared,
+            &snap,
+            &ctx,
+            conn,
+            StatusCode::NOT_FOUND,
+            Reason::NoRoute,
+            "no route for this host and path\n",
+        ));
+    };
+    ctx.pool = Some(pool.name.clone());
+    let inner_cfg = pool.inner.load();
+    let algorithm = inner_cfg.cfg.algorithm;
+    let hash = if algorithm == Algorithm::ConsistentHash {
+        request_hash(&inner_cfg.cfg.hash_key, &req, client)
+    } else {
+        0
+    };
+    drop(inner_cfg);
+
+    // Admission.
+    let score = shared.rates.record(&client);
+    pool.budget.record_request();
+    let permit = match pool.admit(score, hash).await {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = match e {
+                AdmitError::NoHealthyServer => Reason::NoHealthyServer,
+                AdmitError::QueueFull => Reason::QueueFull,
+                AdmitError::QueueTimeout => Reason::QueueTimeout,
+            };
+            let msg = match e {
+                AdmitError::NoHealthyServer => {
+                    "503 no healthy server: every server of this pool is down\n"
+                }
+                _ => "503 overloaded: every server is at its limit, try again shortly\n",
+            };
+            return Ok(finish_local(
+                &shared,
+                &snap,
+                &ctx,
+                conn,
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+                msg,
+            ));
+        }
+    };
+
+    Ok(forward(
+        &shared,
+        &snap,
+        ctx,
+        conn,
+        &pool,
+        permit,
+        hash,
+        req,
+        content_length,
+    )
+    .await)
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.split(']').next().map_or(h, |x| x.trim_start_matches('['));
+    }
+    h.rsplit_once(':').map_or(h, |(a, _)| a)
+}
+
+fn request_hash(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    match key {
+        HashKey::Header(name) => match req.headers().get(name) {
+            Some(v) => v.as_bytes().hash(&mut h),
+            None => client.hash(&mut h),
+        },
+        HashKey::Client => client.hash(&mut h),
+    }
+    h.finish()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+enum Outcome {
+    Response(Response<Incoming>, f64),
+    Error(StatusCode, Reason, &'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    ctx: Ctx,
+    conn: Arc<ConnActivity>,
+    pool: &Arc<PoolShared>,
+    mut permit: Permit,
+    hash: u64,
+    req: Request<Incoming>,
+    content_length: Option<u64>,
+) -> Response<RespBody> {
+    let cfg = &snap.cfg;
+    let inner = pool.inner.load_full();
+    let pcfg = &inner.cfg;
+    let (mut parts, body) = req.into_parts();
+    let has_body = !(content_length == Some(0)
+        || (content_length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING)));
+    let trusted = headers::is_trusted(ctx.client, &cfg.listener.trusted_proxies);
+    let host = parts.headers.get(header::HOST).cloned();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    headers::set_forwarded(&mut parts.headers, ctx.client, trusted, host.as_ref());
+    let can_retry = pcfg.retry.attempts > 1 && !has_body;
+    let retry_headers = can_retry.then(|| parts.headers.clone());
+    let mut body = Some(if has_body {
+        ReqBody::Stream {
+            inner: body,
+            remaining: cfg.listener.max_body_size,
+            limit: cfg.listener.max_body_size,
+        }
+    } else {
+        ReqBody::Empty
+    });
+    let deadline = ctx.start + pcfg.request_timeout;
+    let mut tried: Vec<Arc<ServerState>> = Vec::new();
+    let mut attempt = 1;
+    let mut first_parts = Some(parts);
+    let method = ctx.method.clone();
+    loop {
+        let server = permit.server().clone();
+        let pq = first_parts
+            .as_ref()
+            .and_then(|p| p.uri.path_and_query().cloned())
+            .or_else(|| ctx.uri.path_and_query().cloned());
+        let mut up = Uri::builder()
+            .scheme("http")
+            .authority(server.authority.clone());
+        if let Some(pq) = pq {
+            up = up.path_and_query(pq);
+        }
+        let Ok(uri) = up.build() else {
+            return finish_local(
+                shared,
+                snap,
+                &ctx,
+                conn,
+                StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                "bad request URI\n",
+            );
+        };
+        let mut upstream = match first_parts.take() {
+            Some(mut p) => {
+                p.uri = uri;
+                p.version = http::Version::HTTP_11;
+                Request::from_parts(p, body.take().unwrap_or(ReqBody::Empty))
+            }
+            None => {
+                let mut r = Request::new(ReqBody::Empty);
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri;
+                if let Some(h) = &retry_headers {
+                    *r.headers_mut() = h.clone();
+                }
+                r
+            }
+        };
+        *upstream.version_mut() = http::Version::HTTP_11;
+        let sent = Instant::now();
+        let budget = pcfg
+            .response_header_timeout
+            .min(deadline.saturating_duration_since(sent));
+        let outcome = match tokio::time::timeout(budget, inner.client.request(upstream)).await {
+            Ok(Ok(resp)) => Outcome::Response(resp, sent.elapsed().as_secs_f64() * 1000.0),
+            Ok(Err(e)) => classify(&e),
+            Err(_) if Instant::now() >= deadline => Outcome::Error(
+                StatusCode::GATEWAY_TIMEOUT,
+                Reason::RequestTimeout,
+                "504 request timed out\n",
+            ),
+            Err(_) => Outcome::Error(
+                StatusCode::GATEWAY_TIMEOUT,
+                Reason::UpstreamTimeout,
+                "504 the server did not answer in time\n",
+            ),
+        };
+        let (retryable, server_failed) = match &outcome {
+            Outcome::Response(r, _) => {
+                let s = r.status().as_u16();
+                (matches!(s, 502..=504) && idempotent(&method), s >= 500)
+            }
+            Outcome::Error(_, Reason::UpstreamConnect, _) => (true, true),
+            Outcome::Error(_, Reason::UpstreamError, _) => (idempotent(&method), true),
+            Outcome::Error(_, Reason::BodyTooLarge | Reason::BadRequest, _) => (false, false),
+            Outcome::Error(..) => (false, true),
+        };
+        pool.report(&server, !server_failed);
+        if retryable && can_retry && attempt < pcfg.retry.attempts && Instant::now() < deadline {
+            tried.push(server.clone());
+            let r = &pcfg.retry;
+            if pool.budget.try_retry(
+                r.budget_ratio,
+                r.budget_window.as_secs(),
+                r.budget_min_per_second,
+            ) {
+                if let Some(next) = pool.try_acquire(hash, &tried) {
+                    pool.counters.retries.inc();
+                    attempt += 1;
+                    permit = next;
+                    continue;
+                }
+            } else {
+                pool.counters.retry_budget_exhausted.inc();
+            }
+        }
+        return match outcome {
+            Outcome::Response(resp, upstream_ms) => {
+                respond(snap, ctx, conn, permit, resp, upstream_ms, pool)
+            }
+            Outcome::Error(status, reason, msg) => {
+                drop(permit);
+                finish_local(shared, snap, &ctx, conn, status, reason, msg)
+            }
+        };
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(b) = s.downcast_ref::<ReqBodyError>() {
+            return match b {
+                ReqBodyError::TooLarge(_) => Outcome::Error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Reason::BodyTooLarge,
+                    "request body too large\n",
+                ),
+                ReqBodyError::Client(_) => Outcome::Error(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    "the request body could not be read\n",
+                ),
+            };
+        }
+        src = s.source();
+    }
+    if e.is_connect() {
+        Outcome::Error(
+            StatusCode::BAD_GATEWAY,
+            Reason::UpstreamConnect,
+            "502 cannot connect to the server\n",
+        )
+    } else {
+        Outcome::Error(
+            StatusCode::BAD_GATEWAY,
+            Reason::UpstreamError,
+            "502 the server sent an invalid or no response\n",
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    snap: &Arc<Snapshot>,
+    ctx: Ctx,
+    conn: Arc<ConnActivity>,
+    permit: Permit,
+    resp: Response<Incoming>,
+    upstream_ms: f64,
+    pool: &PoolShared,
+) -> Response<RespBody> {
+    let server = permit.server().clone();
+    let (mut parts, body) = resp.into_parts();
+    parts.version = http::Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let status = parts.status.as_u16();
+    if let Some(c) = server
+        .counters
+        .by_class
+        .get(usize::from(status / 100).saturating_sub(1))
+    {
+        c.inc();
+    }
+    pool.counters
+        .duration
+        .observe(ctx.start.elapsed().as_secs_f64());
+    parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    let mut body = RespBody::upstream(body);
+    let log = snap.access_log.clone().map(|l| {
+        let e = entry(
+            &ctx,
+            status,
+            Some(server.name.clone()),
+            Some(upstream_ms),
+            None,
+        );
+        (l, e)
+    });
+    body.on_complete(Completion {
+        permit: Some(permit),
+        log,
+        conn: Some(conn),
+        bytes: 0,
+    });
+    Response::from_parts(parts, body)
+}
+
+fn entry(
+    ctx: &Ctx,
+    status: u16,
+    server: Option<Arc<str>>,
+    upstream_ms: Option<f64>,
+    reason: Option<Reason>,
+) -> Entry {
+    Entry {
+        time: SystemTime::now(),
+        client: ctx.client,
+        method: ctx.method.clone(),
+        path: ctx.uri.clone(),
+        status,
+        pool: ctx.pool.clone(),
+        server,
+        upstream_ms,
+        total_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+        bytes: 0,
+        request_id: Some(ctx.request_id.clone()),
+        reason,
+    }
+}
+
+/// An answer levee writes itself, counted with its reason and logged.
+fn finish_local(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    ctx: &Ctx,
+    conn: Arc<ConnActivity>,
+    status: StatusCode,
+    reason: Reason,
+    msg: &'static str,
+) -> Response<RespBody> {
+    shared.metrics.reject(reason);
+    let mut body = RespBody::full(msg);
+    let log = snap
+        .access_log
+        .clone()
+        .map(|l| (l, entry(ctx, status.as_u16(), None, None, Some(reason))));
+    body.on_complete(Completion {
+        permit: None,
+        log,
+        conn: Some(conn),
+        bytes: 0,
+    });
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if matches!(reason, Reason::BadRequest | Reason::BodyTooLarge) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,199 @@
+//! The proxy: listeners, the per-request pipeline, pools, admission, balancing, retries.
+
+pub mod balance;
+pub mod body;
+pub mod fairness;
+pub mod handler;
+pub mod headers;
+pub mod listener;
+pub mod pool;
+pub mod retry_budget;
+pub mod runtime;
+
+use crate::config::{Config, ConfigError};
+use listener::OpenConns;
+use runtime::{ReloadOutcome, Shared};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why levee could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Why a reload was refused. The old config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(ConfigError),
+    #[error("levee was started without a config file, so there is nothing to re-read")]
+    NoFile,
+    #[error("cannot apply the new config: {0}")]
+    Apply(std::io::Error),
+}
+
+impl ReloadError {
+    /// Detail lines (file:line:col problems for an invalid file).
+    pub fn details(&self) -> Vec<String> {
+        match self {
+            ReloadError::Invalid(e) => e.lines(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// A running levee: listener, admin API, health checks.
+pub struct Levee {
+    /// The client listener's bound address.
+    pub addr: SocketAddr,
+    /// The admin listener's bound address.
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    open: Arc<OpenConns>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Levee {
+    /// Binds the listeners and starts serving on the current tokio runtime.
+    pub async fn start(cfg: Config) -> Result<Levee, StartError> {
+        let bind = cfg.listener.bind;
+        let admin_bind = cfg.admin.bind;
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "listener",
+                addr: bind,
+                source,
+            })?;
+        let admin = TcpListener::bind(admin_bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin",
+                addr: admin_bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            what: "listener",
+            addr: bind,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: admin_bind,
+            source,
+        })?;
+        let shared = Shared::new(cfg).map_err(StartError::AccessLog)?;
+        shared.restart_health_checks();
+        let (stop, stop_rx) = watch::channel(false);
+        let open = Arc::new(OpenConns::default());
+        let tasks = vec![
+            tokio::spawn(listener::run(
+                listener,
+                shared.clone(),
+                open.clone(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::admin::run(admin, shared.clone(), stop_rx)),
+        ];
+        tracing::info!(%addr, %admin_addr, "levee is serving");
+        Ok(Levee {
+            addr,
+            admin_addr,
+            shared,
+            stop,
+            open,
+            tasks,
+        })
+    }
+
+    /// Re-reads the config file and swaps it in; on any problem the old config keeps serving.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        reload(&self.shared).await
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.0.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `drain_timeout`), and returns
+    /// whether every connection closed in time.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.stop.send(true);
+        let drain = self.shared.snapshot.load().cfg.listener.drain_timeout;
+        let deadline = Instant::now() + drain;
+        let mut clean = true;
+        while self.open.0.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                clean = false;
+                tracing::warn!(
+                    open = self.open.0.load(Ordering::Acquire),
+                    "drain timeout reached with connections still open"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut h) = self.shared.health_tasks.lock() {
+            for t in h.drain(..) {
+                t.abort();
+            }
+        }
+        clean
+    }
+}
+
+/// Re-reads the config file of the running config and applies it.
+pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadOutcome, ReloadError> {
+    let _serial = shared.reload_lock.lock().await;
+    let Some(path) = shared.snapshot.load().cfg.path.clone() else {
+        shared.metrics.reload(false);
+        return Err(ReloadError::NoFile);
+    };
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    let cfg = match loaded {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            shared.metrics.reload(false);
+            for l in e.lines() {
+                tracing::error!(problem = %l, "config reload rejected; the previous config keeps serving");
+            }
+            return Err(ReloadError::Invalid(e));
+        }
+        Err(e) => {
+            shared.metrics.reload(false);
+            return Err(ReloadError::Apply(std::io::Error::other(e.to_string())));
+        }
+    };
+    match shared.apply(cfg) {
+        Ok(o) => {
+            shared.metrics.reload(true);
+            for w in &o.warnings {
+                tracing::warn!(warning = %w, "config reload");
+            }
+            tracing::info!(generation = o.generation, "config reloaded");
+            Ok(o)
+        }
+        Err(e) => {
+            shared.metrics.reload(false);
+            Err(ReloadError::Apply(e))
+        }
+    }
+}

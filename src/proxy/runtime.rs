@@ -1,0 +1,172 @@
+//! The live state of a running levee: the current config snapshot (swapped atomically on
+//! reload) and the state that outlives reloads (pools, server state, metrics, client rates).
+
+use super::fairness::ClientRates;
+use super::pool::PoolShared;
+use crate::config::Config;
+use crate::observe::access_log::AccessLogger;
+use crate::observe::metrics::{Metrics, StateSource};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+
+/// One generation of configuration, immutable.
+pub struct Snapshot {
+    pub cfg: Arc<Config>,
+    /// Same order as `cfg.pools`.
+    pub pools: Vec<Arc<PoolShared>>,
+    pub access_log: Option<AccessLogger>,
+    pub generation: u64,
+}
+
+/// Process-wide state shared by the listener, the admin API and the health checkers.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub rates: ClientRates,
+    /// Health checker tasks of the current generation.
+    pub(crate) health_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises reloads.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a reload reports when it worked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    /// Things that did not take effect (e.g. a changed listener address needs a restart).
+    pub warnings: Vec<String>,
+}
+
+impl Shared {
+    /// Builds the first generation.
+    pub fn new(cfg: Config) -> std::io::Result<Arc<Shared>> {
+        let metrics = Metrics::new();
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|p| PoolShared::build(p, None, &metrics))
+            .collect();
+        let access_log = AccessLogger::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                cfg: Arc::new(cfg),
+                pools,
+                access_log,
+                generation: 1,
+            }),
+            metrics: metrics.clone(),
+            rates: ClientRates::default(),
+            health_tasks: Mutex::new(Vec::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        metrics.set_state_source(Arc::new(StateView(Arc::downgrade(&shared))));
+        Ok(shared)
+    }
+
+    /// Starts the health checkers of the current generation, stopping the previous ones.
+    pub(crate) fn restart_health_checks(self: &Arc<Self>) {
+        let snap = self.snapshot.load();
+        let new: Vec<JoinHandle<()>> = snap
+            .pools
+            .iter()
+            .map(|p| crate::health::spawn(p.clone()))
+            .collect();
+        if let Ok(mut tasks) = self.health_tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+            *tasks = new;
+        }
+    }
+
+    /// Swaps in a new, already validated config. In-flight requests finish on the state they
+    /// hold; servers present in both configs keep their health and in-flight counts.
+    pub fn apply(self: &Arc<Self>, cfg: Config) -> std::io::Result<ReloadOutcome> {
+        let old = self.snapshot.load_full();
+        let mut warnings = Vec::new();
+        if cfg.listener.bind != old.cfg.listener.bind {
+            warnings.push(format!(
+                "listener.bind changed from {} to {}: takes effect on restart",
+                old.cfg.listener.bind, cfg.listener.bind
+            ));
+        }
+        if cfg.admin.bind != old.cfg.admin.bind {
+            warnings.push(format!(
+                "admin.bind changed from {} to {}: takes effect on restart",
+                old.cfg.admin.bind, cfg.admin.bind
+            ));
+        }
+        let by_name: HashMap<&str, &Arc<PoolShared>> =
+            old.pools.iter().map(|p| (&*p.name, p)).collect();
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|p| PoolShared::build(p, by_name.get(p.name.as_str()).copied(), &self.metrics))
+            .collect();
+        let access_log = if cfg.access_log.enabled == old.cfg.access_log.enabled
+            && cfg.access_log.path == old.cfg.access_log.path
+            && cfg.access_log.format == old.cfg.access_log.format
+        {
+            old.access_log.clone()
+        } else {
+            AccessLogger::start(&cfg.access_log, self.metrics.access_log_dropped.clone())?
+        };
+        let generation = old.generation + 1;
+        self.snapshot.store(Arc::new(Snapshot {
+            cfg: Arc::new(cfg),
+            pools,
+            access_log,
+            generation,
+        }));
+        self.restart_health_checks();
+        Ok(ReloadOutcome {
+            generation,
+            warnings,
+        })
+    }
+}
+
+/// Scrape-time view for the metrics collector (weak: metrics never keep levee alive).
+struct StateView(std::sync::Weak<Shared>);
+
+impl StateSource for StateView {
+    fn servers(&self) -> Vec<(String, String, u64, u64, bool)> {
+        let Some(s) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snap = s.snapshot.load();
+        let now = crate::clock::now_ms();
+        snap.pools
+            .iter()
+            .flat_map(|p| {
+                let inner = p.inner.load_full();
+                inner
+                    .servers
+                    .iter()
+                    .map(|sv| {
+                        (
+                            p.name.to_string(),
+                            sv.name.to_string(),
+                            u64::from(sv.in_flight()),
+                            u64::from(sv.cap()),
+                            sv.available(now),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn pools(&self) -> Vec<(String, u64)> {
+        let Some(s) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snap = s.snapshot.load();
+        snap.pools
+            .iter()
+            .map(|p| (p.name.to_string(), p.queue_depth() as u64))
+            .collect()
+    }
+}
