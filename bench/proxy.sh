@@ -141,6 +141,7 @@ stop_pid() { # pid: TERM, wait up to 5s, then KILL
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
+    [[ -z ${WRK_PID:-} ]] || stop_pid "$WRK_PID"
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
@@ -367,8 +368,12 @@ parse_wrk() {
 }
 
 run_wrk() { # url seconds outfile
+    # In the background + wait, so that a signal to this script is handled at once.
     timeout $(( $2 + 30 )) "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$2s" \
-        --latency "$1" >"$3" 2>&1 || { cat "$3" >&2; die "wrk failed against $1"; }
+        --latency "$1" >"$3" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { WRK_PID=; cat "$3" >&2; die "wrk failed against $1"; }
+    WRK_PID=
 }
 
 declare -A ADDR=([backend]=$BACKEND1 [nginx]=$NGINX_ADDR [haproxy]=$HAPROXY_ADDR [levee]=$LEVEE_ADDR)

@@ -64,7 +64,7 @@ pub async fn run(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(l.client_header_timeout)
-            .max_buf_size(l.max_header_size.max(8192))
+            .max_header_size(l.max_header_size)
             .keep_alive(true);
         let idle = l.idle_timeout;
         drop(snap);

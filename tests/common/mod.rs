@@ -1,0 +1,143 @@
+//! Shared harness: levee and simulated backends on port 0 on loopback, a real HTTP client
+//! that can bind any 127.x.y.z source address, and deadline-bounded waits.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use levee::backend::{BackendOptions, SimServer};
+use levee::config::Config;
+use levee::proxy::Levee;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Starts levee from config text (use port 0 binds).
+pub async fn levee(toml: &str) -> Levee {
+    let cfg = match Config::parse(toml, "test.toml", None) {
+        Ok(c) => c,
+        Err(e) => panic!("test config invalid: {e}\n{toml}"),
+    };
+    Levee::start(cfg).await.expect("levee starts")
+}
+
+/// Starts levee from a config file (so reloads can re-read it).
+pub async fn levee_from_file(path: &std::path::Path) -> Levee {
+    let cfg = Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    Levee::start(cfg).await.expect("levee starts")
+}
+
+/// A simulated backend on a free loopback port.
+pub async fn backend(opts: BackendOptions) -> SimServer {
+    SimServer::start("127.0.0.1:0".parse().unwrap(), opts).await.expect("backend starts")
+}
+
+/// A fast backend with a large capacity.
+pub async fn fast_backend() -> SimServer {
+    backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(1), ..Default::default() }).await
+}
+
+/// Config text: listener and admin on port 0, access log off, one pool `web` with these
+/// servers and extra pool keys (TOML lines).
+pub fn config(servers: &[SocketAddr], pool_extra: &str) -> String {
+    config_full(servers, pool_extra, "")
+}
+
+/// Like [`config`] with extra top-level text appended after the pool.
+pub fn config_full(servers: &[SocketAddr], pool_extra: &str, tail: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nservers = [{}]\n{pool_extra}\n{tail}\n",
+        list.join(", ")
+    )
+}
+
+/// A client with keep-alive.
+pub fn client() -> TestClient {
+    client_from(None)
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z on Linux).
+pub fn client_from(ip: Option<IpAddr>) -> TestClient {
+    let mut c = HttpConnector::new();
+    c.set_local_address(ip);
+    c.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(64).build(c)
+}
+
+/// The answer to a request, or the transport error as text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(c: &TestClient, req: http::Request<Full<Bytes>>) -> Result<Answer, String> {
+    let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    Ok(Answer { status: parts.status.as_u16(), headers: parts.headers, body })
+}
+
+/// GET a URL.
+pub async fn get(c: &TestClient, url: &str) -> Result<Answer, String> {
+    let req = http::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    send(c, req).await
+}
+
+/// Polls `cond` until it holds or the deadline passes; panics with `what` on timeout.
+pub async fn wait_until<F: FnMut() -> bool>(within: Duration, what: &str, mut cond: F) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an async condition until it holds or the deadline passes.
+pub async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admin API's JSON at `path`.
+pub async fn admin_json(l: &Levee, path: &str) -> serde_json::Value {
+    let a = get(&client(), &format!("http://{}{}", l.admin_addr, path)).await.expect("admin answers");
+    serde_json::from_slice(&a.body).expect("admin JSON")
+}
+
+/// The value of a metric line (exact name with labels) in /metrics.
+pub async fn metric(l: &Levee, series: &str) -> Option<f64> {
+    let a = get(&client(), &format!("http://{}/metrics", l.admin_addr)).await.ok()?;
+    let text = a.text();
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// Runs a future with a hard time limit so no test can hang.
+pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f).await.expect("test exceeded its time bound")
+}
