@@ -334,6 +334,38 @@ cpu_jiffies() {
         print ""
     }' /proc/stat
 }
+# CPU used by processes that are not this script or its descendants (a compiler run by
+# someone else, ...): "pid ppid ticks" per process, ticks = utime+stime+cutime+cstime.
+proc_snapshot() {
+    local f line rest
+    local -a F
+    for f in /proc/[0-9]*/stat; do
+        line=$(<"$f") 2>/dev/null || continue
+        rest=${line##*) }
+        read -ra F <<<"$rest"
+        echo "${f//[!0-9]/} ${F[1]} $(( F[11] + F[12] + F[13] + F[14] ))"
+    done
+}
+other_percent() { # snapshot-before snapshot-after all-cpu-jiffies-delta -> "N%"
+    awk -v self=$$ -v total="$3" '
+    FNR == 1 { file++ }
+    { ppid[file, $1] = $2; ticks[file, $1] = $3; if (file == 2) pids[$1] = 1 }
+    END {
+        # descendants of this script, in the "after" snapshot
+        ours[self] = 1
+        do {
+            changed = 0
+            for (p in pids) if (!(p in ours) && (ppid[2, p] in ours)) { ours[p] = 1; changed = 1 }
+        } while (changed)
+        for (p in pids) {
+            if (p in ours) continue
+            d = ticks[2, p] - (((1, p) in ticks) ? ticks[1, p] : 0)
+            if (d > 0) other += d
+        }
+        printf "%d%%\n", (total > 0 ? other * 100 / total : 0)
+    }' "$1" "$2"
+}
+all_cpu_total() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t }' /proc/stat; }
 cpu_percent() { # "before" "after" -> "p% p% ..."
     local -a a=($1) b=($2)
     local i out=() dt
@@ -408,10 +440,10 @@ for t in "${TARGETS[@]}"; do
         run_wrk "$url" "$WARMUP_S" "$TMP/$t.warmup.txt"
     fi
     log "$t: measuring ${DURATION_S}s"
-    j0=$(cpu_jiffies)
+    proc_snapshot >"$TMP/procs.before"; a0=$(all_cpu_total); j0=$(cpu_jiffies)
     run_wrk "$url" "$DURATION_S" "$TMP/$t.wrk.txt"
-    j1=$(cpu_jiffies)
-    CPU[$t]=$(cpu_percent "$j0" "$j1")
+    j1=$(cpu_jiffies); a1=$(all_cpu_total); proc_snapshot >"$TMP/procs.after"
+    CPU[$t]="$(cpu_percent "$j0" "$j1") $(other_percent "$TMP/procs.before" "$TMP/procs.after" $(( a1 - a0 )))"
     parsed=$(parse_wrk "$TMP/$t.wrk.txt") || { cat "$TMP/$t.wrk.txt" >&2; die "$t: cannot parse wrk output"; }
     read -r RPS[$t] P50[$t] P99[$t] ERRS[$t] <<<"$parsed"
     log "$t: ${RPS[$t]} req/s, p50 ${P50[$t]} ms, p99 ${P99[$t]} ms, errors ${ERRS[$t]}"
@@ -447,6 +479,7 @@ ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 report() {
     local id t head="| target | req/s | p50 ms | p99 ms | errors |" sep="|---|---:|---:|---:|---:|"
     for id in $CPU_IDS; do head+=" $(cpu_label "$id") |"; sep+="---:|"; done
+    head+=" other processes (of all CPUs) |"; sep+="---:|"
     echo "$head"
     echo "$sep"
     for t in "${TARGETS[@]}"; do

@@ -26,7 +26,12 @@ pub struct DemoArgs {
 
 /// The simulated servers' behaviour: 32 requests at full speed, crash above 64 at once.
 pub fn demo_backend_options() -> BackendOptions {
-    BackendOptions { capacity: 32, latency: Duration::from_millis(20), crash_above: Some(64), down_for: Duration::from_secs(10) }
+    BackendOptions {
+        capacity: 32,
+        latency: Duration::from_millis(20),
+        crash_above: Some(64),
+        down_for: Duration::from_secs(10),
+    }
 }
 
 /// The demo's config for these addresses.
@@ -83,7 +88,9 @@ budget_ratio = 0.2
 pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let n = usize::from(a.backends);
     if a.print_config {
-        let servers: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16))).collect();
+        let servers: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16)))
+            .collect();
         print!("{}", demo_config(a.listen, a.admin, &servers));
         return Ok(ExitCode::SUCCESS);
     }
@@ -93,7 +100,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         let preferred = SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16));
         let sim = match SimServer::start(preferred, demo_backend_options()).await {
             Ok(s) => s,
-            Err(_) => SimServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), demo_backend_options()).await?,
+            Err(_) => {
+                SimServer::start(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    demo_backend_options(),
+                )
+                .await?
+            }
         };
         sims.push(sim);
     }
@@ -113,7 +126,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (url, admin) = (format!("http://{}", levee.addr), format!("http://{}", levee.admin_addr));
+    let (url, admin) = (
+        format!("http://{}", levee.addr),
+        format!("http://{}", levee.admin_addr),
+    );
     let servers: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     eprintln!(
         r#"

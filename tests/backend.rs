@@ -413,7 +413,8 @@ async fn shutdown_stops_listening_and_closes_connections() {
                 max_in_flight: 1,
                 served: 2,
                 crashes: 0,
-                down: false
+                down: false,
+                connections: server.stats().connections,
             }
         );
     })

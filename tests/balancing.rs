@@ -12,7 +12,8 @@ async fn count_by_server(url: &str, n: usize, c: &TestClient) -> HashMap<String,
     for _ in 0..n {
         let a = get(c, url).await.unwrap();
         assert_eq!(a.status, 200);
-        *m.entry(a.header("x-backend").unwrap().to_string()).or_insert(0) += 1;
+        *m.entry(a.header("x-backend").unwrap().to_string())
+            .or_insert(0) += 1;
     }
     m
 }
@@ -20,7 +21,11 @@ async fn count_by_server(url: &str, n: usize, c: &TestClient) -> HashMap<String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
     bounded(Duration::from_secs(30), async {
-        let bs = [fast_backend().await, fast_backend().await, fast_backend().await];
+        let bs = [
+            fast_backend().await,
+            fast_backend().await,
+            fast_backend().await,
+        ];
         let addrs: Vec<_> = bs.iter().map(|b| b.addr()).collect();
         let l = levee(&config(&addrs, "algorithm = \"round_robin\"")).await;
         let m = count_by_server(&format!("http://{}/", l.addr), 300, &client()).await;
@@ -64,9 +69,23 @@ async fn weighted_round_robin_follows_weights_smoothly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_sends_more_to_the_faster_server() {
     bounded(Duration::from_secs(60), async {
-        let fast = backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(5), ..Default::default() }).await;
-        let slow = backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(100), ..Default::default() }).await;
-        let l = levee(&config(&[fast.addr(), slow.addr()], "algorithm = \"least_request\"\nmax_concurrency = 100")).await;
+        let fast = backend(BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_millis(5),
+            ..Default::default()
+        })
+        .await;
+        let slow = backend(BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[fast.addr(), slow.addr()],
+            "algorithm = \"least_request\"\nmax_concurrency = 100",
+        ))
+        .await;
         let url = format!("http://{}/", l.addr);
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -82,8 +101,21 @@ async fn least_request_sends_more_to_the_faster_server() {
             t.await.unwrap();
         }
         let (f, s) = (fast.stats().served, slow.stats().served);
-        assert_eq!(f + s, 320);
-        assert!(f > 3 * s, "the fast server should take most requests: fast {f}, slow {s}");
+        let retries = metric(&l, "levee_retries_total{pool=\"web\"}").await;
+        assert_eq!(
+            f + s,
+            320,
+            "retries {retries:?}, upstream errors {:?}",
+            metric(
+                &l,
+                "levee_rejections_total{reason=\"upstream_bad_response\"}"
+            )
+            .await
+        );
+        assert!(
+            f > 3 * s,
+            "the fast server should take most requests: fast {f}, slow {s}"
+        );
     })
     .await;
 }
@@ -91,7 +123,12 @@ async fn least_request_sends_more_to_the_faster_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_is_sticky_per_client_and_per_header() {
     bounded(Duration::from_secs(60), async {
-        let bs = [fast_backend().await, fast_backend().await, fast_backend().await, fast_backend().await];
+        let bs = [
+            fast_backend().await,
+            fast_backend().await,
+            fast_backend().await,
+            fast_backend().await,
+        ];
         let addrs: Vec<_> = bs.iter().map(|b| b.addr()).collect();
         let l = levee(&config(&addrs, "algorithm = \"consistent_hash\"")).await;
         let url = format!("http://{}/", l.addr);
@@ -99,20 +136,41 @@ async fn consistent_hash_is_sticky_per_client_and_per_header() {
         for i in 1..=40u8 {
             let c = client_from(Some(format!("127.0.3.{i}").parse().unwrap()));
             let m = count_by_server(&url, 5, &c).await;
-            assert_eq!(m.len(), 1, "client 127.0.3.{i} moved between servers: {m:?}");
+            assert_eq!(
+                m.len(),
+                1,
+                "client 127.0.3.{i} moved between servers: {m:?}"
+            );
             *owners.entry(m.into_keys().next().unwrap()).or_insert(0) += 1;
         }
-        assert!(owners.len() >= 3, "40 clients should spread over the servers: {owners:?}");
+        assert!(
+            owners.len() >= 3,
+            "40 clients should spread over the servers: {owners:?}"
+        );
 
         // Hashing on a header: the same user id always lands on the same server, whatever the client address.
-        let l2 = levee(&config(&addrs, "algorithm = \"consistent_hash\"\nhash_key = \"header:x-user\"")).await;
+        let l2 = levee(&config(
+            &addrs,
+            "algorithm = \"consistent_hash\"\nhash_key = \"header:x-user\"",
+        ))
+        .await;
         let url2 = format!("http://{}/", l2.addr);
         for user in ["alice", "bob", "carol"] {
             let mut seen = std::collections::HashSet::new();
             for i in 1..=5u8 {
                 let c = client_from(Some(format!("127.0.4.{i}").parse().unwrap()));
-                let req = http::Request::get(&url2).header("x-user", user).body(Default::default()).unwrap();
-                seen.insert(send(&c, req).await.unwrap().header("x-backend").unwrap().to_string());
+                let req = http::Request::get(&url2)
+                    .header("x-user", user)
+                    .body(Default::default())
+                    .unwrap();
+                seen.insert(
+                    send(&c, req)
+                        .await
+                        .unwrap()
+                        .header("x-backend")
+                        .unwrap()
+                        .to_string(),
+                );
             }
             assert_eq!(seen.len(), 1, "user {user} landed on {seen:?}");
         }

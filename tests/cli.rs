@@ -12,11 +12,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_levee");
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("levee-cli-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
+    let d = std::env::temp_dir().join(format!(
+        "levee-cli-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -26,7 +34,10 @@ fn help_lists_every_subcommand() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     for sub in ["serve", "check", "demo", "backend"] {
-        assert!(out.lines().any(|l| l.trim_start().starts_with(sub)), "{sub} missing from\n{out}");
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} missing from\n{out}"
+        );
     }
 }
 
@@ -37,20 +48,46 @@ fn bad_config_and_bad_arguments_exit_2_with_locations() {
     std::fs::write(&f, "[listener]\nbind = \"127.0.0.1:8080\"\n[pools.web]\nservers = [\"127.0.0.1:9001\"]\nqueue_sise = 10\n").unwrap();
     let (code, _, err) = run(&["serve", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:5:1") && err.contains("queue_sise"), "{err}");
+    assert!(
+        err.contains("bad.toml:5:1") && err.contains("queue_sise"),
+        "{err}"
+    );
     let (code, _, err) = run(&["check", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     // Several problems at once, each with its location.
-    std::fs::write(&f, "[pools.web]\nservers = [\"nowhere\"]\nalgorithm = \"fastest\"\nqueue_timeout = \"soon\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "[pools.web]\nservers = [\"nowhere\"]\nalgorithm = \"fastest\"\nqueue_timeout = \"soon\"\n",
+    )
+    .unwrap();
     let (code, _, err) = run(&["check", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:4:17") && err.contains("soon"), "{err}");
-    std::fs::write(&f, "[pools.web]\nservers = [\"nowhere\"]\nalgorithm = \"fastest\"\n").unwrap();
+    assert!(
+        err.contains("bad.toml:4:17") && err.contains("soon"),
+        "{err}"
+    );
+    std::fs::write(
+        &f,
+        "[pools.web]\nservers = [\"nowhere\"]\nalgorithm = \"fastest\"\n",
+    )
+    .unwrap();
     let (_, _, err) = run(&["check", "--config", f.to_str().unwrap()]);
-    assert!(err.contains("2 problems") && err.contains("bad.toml:2:11") && err.contains("bad.toml:3:13: pools.web.algorithm"), "{err}");
-    let (code, _, err) = run(&["serve", "--config", dir.join("missing.toml").to_str().unwrap()]);
+    assert!(
+        err.contains("2 problems")
+            && err.contains("bad.toml:2:11")
+            && err.contains("bad.toml:3:13: pools.web.algorithm"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "serve",
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("missing.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("missing.toml") && err.contains("cannot read"),
+        "{err}"
+    );
     let (code, _, err) = run(&["serve", "--bogus"]);
     assert_eq!(code, 2);
     assert!(err.contains("--bogus"), "{err}");
@@ -79,13 +116,23 @@ impl Drop for Proc {
 }
 
 fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill").args([&format!("-{sig}"), &p.0.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
 }
 
 /// Starts `levee serve` on port 0 and reads the bound addresses from its stderr.
 fn serve(config: &std::path::Path) -> (Proc, String, String) {
-    let mut child = Command::new(BIN).args(["serve", "--config", config.to_str().unwrap()]).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let line = loop {
@@ -96,20 +143,39 @@ fn serve(config: &std::path::Path) -> (Proc, String, String) {
     };
     std::thread::spawn(move || for _ in lines.by_ref() {});
     let words: Vec<&str> = line.split_whitespace().collect();
-    let url = words.iter().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let admin = words.iter().rev().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(')').to_string();
+    let url = words
+        .iter()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let admin = words
+        .iter()
+        .rev()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
     (Proc(child), url, admin)
 }
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     bounded(Duration::from_secs(60), async {
-        let b = backend(levee::backend::BackendOptions { capacity: 100, latency: Duration::from_millis(1500), ..Default::default() }).await;
+        let b = backend(levee::backend::BackendOptions {
+            capacity: 100,
+            latency: Duration::from_millis(1500),
+            ..Default::default()
+        })
+        .await;
         let dir = tempdir("term");
         let f = dir.join("levee.toml");
         std::fs::write(&f, config(&[b.addr()], "")).unwrap();
@@ -117,12 +183,22 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         let mut reqs = Vec::new();
         for _ in 0..10 {
             let url = url.clone();
-            reqs.push(tokio::spawn(async move { get(&client(), &url).await.map(|a| a.status) }));
+            reqs.push(tokio::spawn(async move {
+                get(&client(), &url).await.map(|a| a.status)
+            }));
         }
-        wait_until(Duration::from_secs(5), "10 requests in flight", || b.stats().in_flight == 10).await;
+        wait_until(Duration::from_secs(5), "10 requests in flight", || {
+            b.stats().in_flight == 10
+        })
+        .await;
         signal(&p, "TERM");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(tokio::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches('/')).await.is_err(), "no new connections while draining");
+        assert!(
+            tokio::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches('/'))
+                .await
+                .is_err(),
+            "no new connections while draining"
+        );
         for r in reqs {
             assert_eq!(r.await.unwrap(), Ok(200), "in-flight request finished");
         }
@@ -152,11 +228,25 @@ async fn sighup_reloads_and_a_bad_file_keeps_serving() {
         let f = dir.join("levee.toml");
         std::fs::write(&f, config(&[a.addr()], "max_concurrency = 5")).unwrap();
         let (p, url, admin) = serve(&f);
-        let status = || async { serde_json::from_slice::<serde_json::Value>(&get(&client(), &format!("{admin}/api/status")).await.unwrap().body).unwrap() };
-        assert_eq!(status().await["pools"][0]["servers"][0]["max_concurrency"], 5);
+        let status = || async {
+            serde_json::from_slice::<serde_json::Value>(
+                &get(&client(), &format!("{admin}/api/status"))
+                    .await
+                    .unwrap()
+                    .body,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            status().await["pools"][0]["servers"][0]["max_concurrency"],
+            5
+        );
         std::fs::write(&f, config(&[a.addr()], "max_concurrency = 9")).unwrap();
         signal(&p, "HUP");
-        wait_for(Duration::from_secs(5), "cap 9 after SIGHUP", || async { status().await["pools"][0]["servers"][0]["max_concurrency"] == 9 }).await;
+        wait_for(Duration::from_secs(5), "cap 9 after SIGHUP", || async {
+            status().await["pools"][0]["servers"][0]["max_concurrency"] == 9
+        })
+        .await;
         std::fs::write(&f, "this is = = not toml").unwrap();
         signal(&p, "HUP");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -174,7 +264,11 @@ async fn one_gib_each_way_streams_with_flat_memory() {
         let b = fast_backend().await;
         let dir = tempdir("gib");
         let f = dir.join("levee.toml");
-        std::fs::write(&f, config(&[b.addr()], "").replace("[admin]", "max_body_size = \"2GiB\"\n[admin]")).unwrap();
+        std::fs::write(
+            &f,
+            config(&[b.addr()], "").replace("[admin]", "max_body_size = \"2GiB\"\n[admin]"),
+        )
+        .unwrap();
         let (p, url, _) = serve(&f);
         let pid = p.0.id();
         let base = rss_kib(pid);
@@ -190,11 +284,12 @@ async fn one_gib_each_way_streams_with_flat_memory() {
         };
         const GIB: u64 = 1 << 30;
         // Download.
-        let resp = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>()
-            .get(format!("{url}?size={GIB}").parse().unwrap())
-            .await
-            .unwrap();
+        let resp =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>()
+                .get(format!("{url}?size={GIB}").parse().unwrap())
+                .await
+                .unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let mut got = 0u64;
@@ -205,16 +300,31 @@ async fn one_gib_each_way_streams_with_flat_memory() {
         }
         assert_eq!(got, GIB);
         // Upload.
-        let body = Upload { remaining: GIB, chunk: bytes::Bytes::from(vec![b'u'; 256 * 1024]) };
-        let req = http::Request::post(&url).header("content-length", GIB.to_string()).body(body).unwrap();
-        let resp = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http().request(req).await.unwrap();
+        let body = Upload {
+            remaining: GIB,
+            chunk: bytes::Bytes::from(vec![b'u'; 256 * 1024]),
+        };
+        let req = http::Request::post(&url)
+            .header("content-length", GIB.to_string())
+            .body(body)
+            .unwrap();
+        let resp =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http()
+                .request(req)
+                .await
+                .unwrap();
         assert_eq!(resp.status(), 200);
-        let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(v["received_bytes"], GIB);
         sampler.abort();
         let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("levee RSS: start {base} KiB, peak {peak} KiB while moving 2 GiB");
-        assert!(peak < base + 64 * 1024, "memory stays flat: start {base} KiB, peak {peak} KiB");
+        assert!(
+            peak < base + 64 * 1024,
+            "memory stays flat: start {base} KiB, peak {peak} KiB"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
@@ -228,12 +338,17 @@ struct Upload {
 impl http_body::Body for Upload {
     type Data = bytes::Bytes;
     type Error = std::convert::Infallible;
-    fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return std::task::Poll::Ready(None);
         }
         let n = self.remaining.min(self.chunk.len() as u64);
         self.remaining -= n;
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.slice(..n as usize)))))
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+            self.chunk.slice(..n as usize),
+        ))))
     }
 }

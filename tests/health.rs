@@ -13,7 +13,11 @@ async fn active_checks_take_a_server_out_and_back() {
     bounded(Duration::from_secs(30), async {
         let a = fast_backend().await;
         let b = fast_backend().await;
-        let l = levee(&config(&[a.addr(), b.addr()], &format!("algorithm = \"round_robin\"\nslow_start = \"0s\"\n{FAST_CHECKS}"))).await;
+        let l = levee(&config(
+            &[a.addr(), b.addr()],
+            &format!("algorithm = \"round_robin\"\nslow_start = \"0s\"\n{FAST_CHECKS}"),
+        ))
+        .await;
         b.set_healthy(false);
         wait_for(Duration::from_secs(5), "b marked down", || async {
             admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 1
@@ -22,10 +26,23 @@ async fn active_checks_take_a_server_out_and_back() {
         let before = b.stats().served;
         let c = client();
         for _ in 0..30 {
-            assert_eq!(get(&c, &format!("http://{}/", l.addr)).await.unwrap().status, 200);
+            assert_eq!(
+                get(&c, &format!("http://{}/", l.addr))
+                    .await
+                    .unwrap()
+                    .status,
+                200
+            );
         }
         assert_eq!(b.stats().served, before, "a down server gets no traffic");
-        assert_eq!(metric(&l, &format!("levee_server_up{{pool=\"web\",server=\"{}\"}}", b.addr())).await, Some(0.0));
+        assert_eq!(
+            metric(
+                &l,
+                &format!("levee_server_up{{pool=\"web\",server=\"{}\"}}", b.addr())
+            )
+            .await,
+            Some(0.0)
+        );
         b.set_healthy(true);
         wait_for(Duration::from_secs(5), "b back up", || async {
             admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 2
@@ -34,7 +51,10 @@ async fn active_checks_take_a_server_out_and_back() {
         for _ in 0..30 {
             get(&c, &format!("http://{}/", l.addr)).await.unwrap();
         }
-        assert!(b.stats().served > before, "a recovered server gets traffic again");
+        assert!(
+            b.stats().served > before,
+            "a recovered server gets traffic again"
+        );
     })
     .await;
 }
@@ -95,11 +115,21 @@ async fn slow_start_ramps_a_recovered_servers_share() {
     bounded(Duration::from_secs(60), async {
         let a = fast_backend().await;
         let b = fast_backend().await;
-        let l = levee(&config(&[a.addr(), b.addr()], &format!("algorithm = \"round_robin\"\nslow_start = \"3s\"\n{FAST_CHECKS}"))).await;
+        let l = levee(&config(
+            &[a.addr(), b.addr()],
+            &format!("algorithm = \"round_robin\"\nslow_start = \"3s\"\n{FAST_CHECKS}"),
+        ))
+        .await;
         b.set_healthy(false);
-        wait_for(Duration::from_secs(5), "b down", || async { admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 1 }).await;
+        wait_for(Duration::from_secs(5), "b down", || async {
+            admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 1
+        })
+        .await;
         b.set_healthy(true);
-        wait_for(Duration::from_secs(5), "b up", || async { admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 2 }).await;
+        wait_for(Duration::from_secs(5), "b up", || async {
+            admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 2
+        })
+        .await;
         let c = client();
         let share = |n0: u64| (b.stats().served - n0) as f64;
         // Right after recovery b gets a small share...

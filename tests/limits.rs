@@ -56,7 +56,11 @@ async fn oversized_requests_get_431_414_413() {
 async fn slow_header_client_is_cut_off_after_the_header_timeout() {
     bounded(Duration::from_secs(30), async {
         let b = fast_backend().await;
-        let l = levee(&config(&[b.addr()], "").replace("[admin]", "client_header_timeout = \"500ms\"\n[admin]")).await;
+        let l = levee(
+            &config(&[b.addr()], "")
+                .replace("[admin]", "client_header_timeout = \"500ms\"\n[admin]"),
+        )
+        .await;
         let mut s = TcpStream::connect(l.addr).await.unwrap();
         let t = Instant::now();
         s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
@@ -69,21 +73,39 @@ async fn slow_header_client_is_cut_off_after_the_header_timeout() {
                 break;
             }
             let mut buf = [0u8; 256];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-                if n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408") {
-                    closed = true;
-                    break;
-                }
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+                && (n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"))
+            {
+                closed = true;
+                break;
             }
         }
-        assert!(closed, "slowloris connection still open after {:?}", t.elapsed());
-        assert!(t.elapsed() < Duration::from_secs(3), "closed after {:?}", t.elapsed());
+        assert!(
+            closed,
+            "slowloris connection still open after {:?}",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            t.elapsed()
+        );
         wait_for(Duration::from_secs(3), "header timeout counted", || async {
-            metric(&l, "levee_rejections_total{reason=\"header_timeout\"}").await.unwrap_or(0.0) >= 1.0
+            metric(&l, "levee_rejections_total{reason=\"header_timeout\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
         })
         .await;
         // Normal clients are unaffected.
-        assert_eq!(get(&client(), &format!("http://{}/", l.addr)).await.unwrap().status, 200);
+        assert_eq!(
+            get(&client(), &format!("http://{}/", l.addr))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
     })
     .await;
 }
@@ -92,16 +114,27 @@ async fn slow_header_client_is_cut_off_after_the_header_timeout() {
 async fn idle_keep_alive_connections_are_closed() {
     bounded(Duration::from_secs(30), async {
         let b = fast_backend().await;
-        let l = levee(&config(&[b.addr()], "").replace("[admin]", "idle_timeout = \"300ms\"\n[admin]")).await;
+        let l =
+            levee(&config(&[b.addr()], "").replace("[admin]", "idle_timeout = \"300ms\"\n[admin]"))
+                .await;
         let mut s = TcpStream::connect(l.addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         let t = Instant::now();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed by levee").unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by levee")
+            .unwrap_or(0);
         assert_eq!(n, 0, "levee closes the idle connection");
-        assert!(t.elapsed() >= Duration::from_millis(250), "not before the idle timeout: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "not before the idle timeout: {:?}",
+            t.elapsed()
+        );
     })
     .await;
 }
@@ -109,25 +142,64 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_server_gets_504_and_dead_server_502() {
     bounded(Duration::from_secs(30), async {
-        let slow = backend(BackendOptions { capacity: 100, latency: Duration::from_secs(3), ..Default::default() }).await;
-        let l = levee(&config(&[slow.addr()], "response_header_timeout = \"300ms\"\n[pools.web.retry]\nattempts = 1")).await;
+        let slow = backend(BackendOptions {
+            capacity: 100,
+            latency: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[slow.addr()],
+            "response_header_timeout = \"300ms\"\n[pools.web.retry]\nattempts = 1",
+        ))
+        .await;
         let t = Instant::now();
-        let a = get(&client(), &format!("http://{}/", l.addr)).await.unwrap();
+        let a = get(&client(), &format!("http://{}/", l.addr))
+            .await
+            .unwrap();
         assert_eq!(a.status, 504);
         assert!(t.elapsed() < Duration::from_secs(2));
-        assert_eq!(metric(&l, "levee_rejections_total{reason=\"upstream_timeout\"}").await, Some(1.0));
+        assert_eq!(
+            metric(&l, "levee_rejections_total{reason=\"upstream_timeout\"}").await,
+            Some(1.0)
+        );
 
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let l2 = levee(&config(&[dead], "[pools.web.retry]\nattempts = 1\n[pools.web.health_check]\nenabled = false")).await;
-        let a = get(&client(), &format!("http://{}/", l2.addr)).await.unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let l2 = levee(&config(
+            &[dead],
+            "[pools.web.retry]\nattempts = 1\n[pools.web.health_check]\nenabled = false",
+        ))
+        .await;
+        let a = get(&client(), &format!("http://{}/", l2.addr))
+            .await
+            .unwrap();
         assert_eq!(a.status, 502);
-        assert_eq!(metric(&l2, "levee_rejections_total{reason=\"upstream_connect_error\"}").await, Some(1.0));
+        assert_eq!(
+            metric(
+                &l2,
+                "levee_rejections_total{reason=\"upstream_connect_error\"}"
+            )
+            .await,
+            Some(1.0)
+        );
 
         // Whole-request timeout.
-        let l3 = levee(&config(&[slow.addr()], "request_timeout = \"400ms\"\n[pools.web.retry]\nattempts = 1")).await;
-        let a = get(&client(), &format!("http://{}/", l3.addr)).await.unwrap();
+        let l3 = levee(&config(
+            &[slow.addr()],
+            "request_timeout = \"400ms\"\n[pools.web.retry]\nattempts = 1",
+        ))
+        .await;
+        let a = get(&client(), &format!("http://{}/", l3.addr))
+            .await
+            .unwrap();
         assert_eq!(a.status, 504);
-        assert_eq!(metric(&l3, "levee_rejections_total{reason=\"request_timeout\"}").await, Some(1.0));
+        assert_eq!(
+            metric(&l3, "levee_rejections_total{reason=\"request_timeout\"}").await,
+            Some(1.0)
+        );
     })
     .await;
 }
@@ -168,13 +240,34 @@ async fn malformed_client_request_gets_400_and_levee_carries_on() {
     bounded(Duration::from_secs(30), async {
         let b = fast_backend().await;
         let l = levee(&config(&[b.addr()], "")).await;
-        let r = raw(l.addr, b"GARBAGE\x01\x02 nonsense\r\n\r\n", Duration::from_secs(2)).await;
+        let r = raw(
+            l.addr,
+            b"GARBAGE\x01\x02 nonsense\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
-        let r = raw(l.addr, b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", Duration::from_secs(2)).await;
+        let r = raw(
+            l.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
         assert_eq!(b.stats().served, 0);
-        assert_eq!(get(&client(), &format!("http://{}/", l.addr)).await.unwrap().status, 200);
-        assert!(metric(&l, "levee_rejections_total{reason=\"bad_request\"}").await.unwrap() >= 2.0);
+        assert_eq!(
+            get(&client(), &format!("http://{}/", l.addr))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert!(
+            metric(&l, "levee_rejections_total{reason=\"bad_request\"}")
+                .await
+                .unwrap()
+                >= 2.0
+        );
     })
     .await;
 }

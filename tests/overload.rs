@@ -14,8 +14,17 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cap_holds_under_30x_overload() {
     bounded(Duration::from_secs(60), async {
-        let b = backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(20), ..Default::default() }).await;
-        let l = levee(&config(&[b.addr()], "max_concurrency = 4\nqueue_size = 16\nqueue_timeout = \"200ms\"")).await;
+        let b = backend(BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_millis(20),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[b.addr()],
+            "max_concurrency = 4\nqueue_size = 16\nqueue_timeout = \"200ms\"",
+        ))
+        .await;
         let url = format!("http://{}/", l.addr);
         let ok = Arc::new(AtomicU64::new(0));
         let shed = Arc::new(AtomicU64::new(0));
@@ -32,7 +41,11 @@ async fn cap_holds_under_30x_overload() {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(a) if a.status == 503 => {
-                            assert_eq!(a.header("retry-after"), Some("1"), "503 carries Retry-After");
+                            assert_eq!(
+                                a.header("retry-after"),
+                                Some("1"),
+                                "503 carries Retry-After"
+                            );
                             shed.fetch_add(1, Ordering::Relaxed);
                         }
                         other => panic!("unexpected answer {other:?}"),
@@ -44,14 +57,34 @@ async fn cap_holds_under_30x_overload() {
             t.await.unwrap();
         }
         let st = b.stats();
-        assert!(st.max_in_flight <= 4, "backend saw {} in flight, cap is 4", st.max_in_flight);
-        assert!(st.max_in_flight >= 3, "the cap should be used, saw {}", st.max_in_flight);
+        assert!(
+            st.max_in_flight <= 4,
+            "backend saw {} in flight, cap is 4",
+            st.max_in_flight
+        );
+        assert!(
+            st.max_in_flight >= 3,
+            "the cap should be used, saw {}",
+            st.max_in_flight
+        );
         assert!(shed.load(Ordering::Relaxed) > 0, "a 30x overload must shed");
         // Shed requests never reached the backend.
-        assert_eq!(st.served, ok.load(Ordering::Relaxed), "backend served exactly the 200s");
-        let rej = metric(&l, "levee_rejections_total{reason=\"queue_full\"}").await.unwrap_or(0.0)
-            + metric(&l, "levee_rejections_total{reason=\"queue_timeout\"}").await.unwrap_or(0.0);
-        assert_eq!(rej as u64, shed.load(Ordering::Relaxed), "every 503 is counted with its reason");
+        assert_eq!(
+            st.served,
+            ok.load(Ordering::Relaxed),
+            "backend served exactly the 200s"
+        );
+        let rej = metric(&l, "levee_rejections_total{reason=\"queue_full\"}")
+            .await
+            .unwrap_or(0.0)
+            + metric(&l, "levee_rejections_total{reason=\"queue_timeout\"}")
+                .await
+                .unwrap_or(0.0);
+        assert_eq!(
+            rej as u64,
+            shed.load(Ordering::Relaxed),
+            "every 503 is counted with its reason"
+        );
     })
     .await;
 }
@@ -59,8 +92,17 @@ async fn cap_holds_under_30x_overload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_and_queue_timeout_answer_503_at_once() {
     bounded(Duration::from_secs(30), async {
-        let b = backend(BackendOptions { capacity: 100, latency: Duration::from_secs(2), ..Default::default() }).await;
-        let l = levee(&config(&[b.addr()], "max_concurrency = 1\nqueue_size = 2\nqueue_timeout = \"300ms\"")).await;
+        let b = backend(BackendOptions {
+            capacity: 100,
+            latency: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[b.addr()],
+            "max_concurrency = 1\nqueue_size = 2\nqueue_timeout = \"300ms\"",
+        ))
+        .await;
         let url = format!("http://{}/", l.addr);
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -68,7 +110,11 @@ async fn full_queue_and_queue_timeout_answer_503_at_once() {
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let a = get(&client(), &url).await.unwrap();
-                (a.status, t.elapsed(), a.header("retry-after").map(str::to_string))
+                (
+                    a.status,
+                    t.elapsed(),
+                    a.header("retry-after").map(str::to_string),
+                )
             }));
         }
         let mut results = Vec::new();
@@ -76,14 +122,31 @@ async fn full_queue_and_queue_timeout_answer_503_at_once() {
             results.push(t.await.unwrap());
         }
         let shed: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
-        assert_eq!(shed.len(), 7, "one request is served, the rest are shed: {results:?}");
+        assert_eq!(
+            shed.len(),
+            7,
+            "one request is served, the rest are shed: {results:?}"
+        );
         for (_, took, ra) in &shed {
             assert_eq!(ra.as_deref(), Some("1"));
-            assert!(*took < Duration::from_millis(1500), "shed answers come long before the 2s backend: {took:?}");
+            assert!(
+                *took < Duration::from_millis(1500),
+                "shed answers come long before the 2s backend: {took:?}"
+            );
         }
         assert_eq!(b.stats().max_in_flight, 1);
-        assert!(metric(&l, "levee_rejections_total{reason=\"queue_full\"}").await.unwrap() >= 5.0);
-        assert!(metric(&l, "levee_rejections_total{reason=\"queue_timeout\"}").await.unwrap() >= 1.0);
+        assert!(
+            metric(&l, "levee_rejections_total{reason=\"queue_full\"}")
+                .await
+                .unwrap()
+                >= 5.0
+        );
+        assert!(
+            metric(&l, "levee_rejections_total{reason=\"queue_timeout\"}")
+                .await
+                .unwrap()
+                >= 1.0
+        );
     })
     .await;
 }
@@ -92,8 +155,17 @@ async fn full_queue_and_queue_timeout_answer_503_at_once() {
 async fn light_clients_stay_served_while_heavy_clients_flood() {
     bounded(Duration::from_secs(60), async {
         // One server that can work on 4 requests at a time, 20ms each: ~200 requests/s.
-        let b = backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(20), ..Default::default() }).await;
-        let l = levee(&config(&[b.addr()], "max_concurrency = 4\nqueue_size = 32\nqueue_timeout = \"1s\"")).await;
+        let b = backend(BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_millis(20),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[b.addr()],
+            "max_concurrency = 4\nqueue_size = 32\nqueue_timeout = \"1s\"",
+        ))
+        .await;
         let url = format!("http://{}/", l.addr);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let heavy_ok = Arc::new(AtomicU64::new(0));
@@ -103,7 +175,12 @@ async fn light_clients_stay_served_while_heavy_clients_flood() {
         for h in 1..=4u8 {
             let ip: IpAddr = format!("127.0.1.{h}").parse().unwrap();
             for _ in 0..16 {
-                let (url, stop, ok, shed) = (url.clone(), stop.clone(), heavy_ok.clone(), heavy_shed.clone());
+                let (url, stop, ok, shed) = (
+                    url.clone(),
+                    stop.clone(),
+                    heavy_ok.clone(),
+                    heavy_shed.clone(),
+                );
                 heavy.push(tokio::spawn(async move {
                     let c = client_from(Some(ip));
                     while !stop.load(Ordering::Relaxed) {
@@ -146,8 +223,14 @@ async fn light_clients_stay_served_while_heavy_clients_flood() {
             t.await.unwrap();
         }
         let rate = f64::from(ok) / f64::from(total);
-        assert!(heavy_shed.load(Ordering::Relaxed) > 0, "the pool was saturated");
-        assert!(rate >= 0.99, "light clients' success rate {rate:.3} ({ok}/{total}) must be at least 99%");
+        assert!(
+            heavy_shed.load(Ordering::Relaxed) > 0,
+            "the pool was saturated"
+        );
+        assert!(
+            rate >= 0.99,
+            "light clients' success rate {rate:.3} ({ok}/{total}) must be at least 99%"
+        );
         assert!(b.stats().max_in_flight <= 4);
     })
     .await;

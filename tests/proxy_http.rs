@@ -55,14 +55,20 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
         assert_eq!(echo["x-forwarded-host"], "shop.example");
         assert_eq!(echo["host"], "shop.example");
         assert_eq!(echo["x-custom"], "passes");
-        assert!(echo.get("x-secret-hop").is_none(), "headers named in Connection are hop-by-hop: {echo}");
+        assert!(
+            echo.get("x-secret-hop").is_none(),
+            "headers named in Connection are hop-by-hop: {echo}"
+        );
         assert!(echo.get("keep-alive").is_none());
         // A request id is generated, passed to the server and returned to the client.
         let rid = a.header("x-request-id").unwrap().to_string();
         assert_eq!(rid.len(), 32);
         assert_eq!(echo["x-request-id"], rid.as_str());
         // An incoming request id is kept.
-        let req = http::Request::get(format!("http://{}/?echo=1", l.addr)).header("x-request-id", "abc-123").body(Full::new(Bytes::new())).unwrap();
+        let req = http::Request::get(format!("http://{}/?echo=1", l.addr))
+            .header("x-request-id", "abc-123")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let a = send(&client(), req).await.unwrap();
         assert_eq!(a.header("x-request-id"), Some("abc-123"));
     })
@@ -73,9 +79,17 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
 async fn trusted_proxy_chain_is_kept() {
     bounded(Duration::from_secs(30), async {
         let b = fast_backend().await;
-        let l = levee(&config(&[b.addr()], "").replace("[admin]", "trusted_proxies = [\"127.0.0.0/8\"]\n[admin]")).await;
-        let req = http::Request::get(format!("http://{}/?echo=1", l.addr)).header("x-forwarded-for", "203.0.113.9").body(Full::new(Bytes::new())).unwrap();
-        let echo: serde_json::Value = serde_json::from_slice(&send(&client(), req).await.unwrap().body).unwrap();
+        let l = levee(
+            &config(&[b.addr()], "")
+                .replace("[admin]", "trusted_proxies = [\"127.0.0.0/8\"]\n[admin]"),
+        )
+        .await;
+        let req = http::Request::get(format!("http://{}/?echo=1", l.addr))
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let echo: serde_json::Value =
+            serde_json::from_slice(&send(&client(), req).await.unwrap().body).unwrap();
         assert_eq!(echo["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     })
     .await;
@@ -89,7 +103,7 @@ async fn chunked_upload_head_and_expect_continue() {
         // Chunked request body passes through whole.
         let r = raw_exchange(l.addr, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "}").await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert!(r.contains("\"received_bytes\":11"), "{r}");
+        assert!(r.contains("\"received_bytes\": 11"), "{r}");
         // HEAD: headers, no body.
         let r = raw_exchange(l.addr, b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -112,7 +126,7 @@ async fn chunked_upload_head_and_expect_continue() {
         })
         .await;
         let out = String::from_utf8_lossy(&out);
-        assert!(out.contains("200") && out.contains("\"received_bytes\":4"), "{out}");
+        assert!(out.contains("200") && out.contains("\"received_bytes\": 4"), "{out}");
     })
     .await;
 }
@@ -124,11 +138,21 @@ async fn connections_to_servers_are_reused() {
         let l = levee(&config(&[b.addr()], "")).await;
         let c = client();
         for _ in 0..50 {
-            assert_eq!(get(&c, &format!("http://{}/", l.addr)).await.unwrap().status, 200);
+            assert_eq!(
+                get(&c, &format!("http://{}/", l.addr))
+                    .await
+                    .unwrap()
+                    .status,
+                200
+            );
         }
         let st = b.stats();
         assert_eq!(st.served, 50);
-        assert!(st.connections <= 3, "50 sequential requests should reuse pooled connections, opened {}", st.connections);
+        assert!(
+            st.connections <= 3,
+            "50 sequential requests should reuse pooled connections, opened {}",
+            st.connections
+        );
     })
     .await;
 }
@@ -143,15 +167,36 @@ async fn access_log_writes_one_json_line_per_request() {
         let _ = std::fs::remove_file(&path);
         let text = config(&[b.addr()], "max_concurrency = 1\nqueue_size = 0").replace(
             "[access_log]\nenabled = false",
-            &format!("[access_log]\nenabled = true\npath = \"{}\"", path.display()),
+            &format!(
+                "[access_log]\nenabled = true\npath = \"{}\"",
+                path.display()
+            ),
         );
         let l = levee(&text).await;
         let c = client();
-        let req = http::Request::get(format!("http://{}/hello?x=1", l.addr)).header("x-request-id", "rid-1").body(Full::new(Bytes::new())).unwrap();
+        let req = http::Request::get(format!("http://{}/hello?x=1", l.addr))
+            .header("x-request-id", "rid-1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         assert_eq!(send(&c, req).await.unwrap().status, 200);
-        assert_eq!(get(&c, &format!("http://{}/{}", l.addr, "a".repeat(9000))).await.unwrap().status, 414);
-        wait_until(Duration::from_secs(5), "two log lines", || std::fs::read_to_string(&path).map(|s| s.lines().count() >= 2).unwrap_or(false)).await;
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(
+            get(&c, &format!("http://{}/{}", l.addr, "a".repeat(9000)))
+                .await
+                .unwrap()
+                .status,
+            414
+        );
+        wait_until(Duration::from_secs(5), "two log lines", || {
+            std::fs::read_to_string(&path)
+                .map(|s| s.lines().count() >= 2)
+                .unwrap_or(false)
+        })
+        .await;
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let ok = &lines[0];
         assert_eq!(ok["status"], 200);
         assert_eq!(ok["method"], "GET");

@@ -23,12 +23,21 @@ async fn post(url: &str) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_lose_nothing() {
     bounded(Duration::from_secs(120), async {
-        let opts = BackendOptions { capacity: 1000, latency: Duration::from_millis(5), ..Default::default() };
+        let opts = BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_millis(5),
+            ..Default::default()
+        };
         let a = backend(opts.clone()).await;
         let b = backend(opts).await;
         let dir = tempdir("reload");
         let path = dir.join("levee.toml");
-        let valid = |cap: u32| config(&[a.addr(), b.addr()], &format!("max_concurrency = {cap}\nqueue_size = 256\nqueue_timeout = \"5s\""));
+        let valid = |cap: u32| {
+            config(
+                &[a.addr(), b.addr()],
+                &format!("max_concurrency = {cap}\nqueue_size = 256\nqueue_timeout = \"5s\""),
+            )
+        };
         write(&path, &valid(8));
         let l = levee_from_file(&path).await;
         let url = format!("http://{}/", l.addr);
@@ -63,17 +72,34 @@ async fn twenty_reloads_under_load_lose_nothing() {
                 assert_eq!(r.status, 422);
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 let detail = v["details"][0].as_str().unwrap().to_string();
-                assert!(detail.contains("levee.toml:") && detail.contains("not_a_key"), "{detail}");
+                assert!(
+                    detail.contains("levee.toml:") && detail.contains("not_a_key"),
+                    "{detail}"
+                );
             }
         }
         stop.store(true, Ordering::Relaxed);
         for t in load {
             t.await.unwrap();
         }
-        assert!(ok.load(Ordering::Relaxed) > 200, "load ran: {}", ok.load(Ordering::Relaxed));
-        assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed across 20 reloads");
-        assert_eq!(metric(&l, "levee_config_reloads_total{result=\"ok\"}").await, Some(10.0));
-        assert_eq!(metric(&l, "levee_config_reloads_total{result=\"failed\"}").await, Some(10.0));
+        assert!(
+            ok.load(Ordering::Relaxed) > 200,
+            "load ran: {}",
+            ok.load(Ordering::Relaxed)
+        );
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "no request failed across 20 reloads"
+        );
+        assert_eq!(
+            metric(&l, "levee_config_reloads_total{result=\"ok\"}").await,
+            Some(10.0)
+        );
+        assert_eq!(
+            metric(&l, "levee_config_reloads_total{result=\"failed\"}").await,
+            Some(10.0)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
@@ -82,25 +108,44 @@ async fn twenty_reloads_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_of_kept_servers_carries_over_and_bad_reload_keeps_old_config() {
     bounded(Duration::from_secs(60), async {
-        let a = backend(BackendOptions { capacity: 1000, latency: Duration::from_secs(1), ..Default::default() }).await;
+        let a = backend(BackendOptions {
+            capacity: 1000,
+            latency: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await;
         let b = fast_backend().await;
         let dir = tempdir("reload-state");
         let path = dir.join("levee.toml");
-        write(&path, &config(&[a.addr()], "max_concurrency = 2\nqueue_size = 0"));
+        write(
+            &path,
+            &config(&[a.addr()], "max_concurrency = 2\nqueue_size = 0"),
+        );
         let l = levee_from_file(&path).await;
         let url = format!("http://{}/", l.addr);
         // Two slow requests hold both slots of server a.
         let mut slow = Vec::new();
         for _ in 0..2 {
             let url = url.clone();
-            slow.push(tokio::spawn(async move { get(&client(), &url).await.unwrap().status }));
+            slow.push(tokio::spawn(async move {
+                get(&client(), &url).await.unwrap().status
+            }));
         }
-        wait_until(Duration::from_secs(5), "a has 2 in flight", || a.stats().in_flight == 2).await;
+        wait_until(Duration::from_secs(5), "a has 2 in flight", || {
+            a.stats().in_flight == 2
+        })
+        .await;
         // Reload adds server b; a keeps its in-flight count, so it gets nothing more.
-        write(&path, &config(&[a.addr(), b.addr()], "max_concurrency = 2\nqueue_size = 0"));
+        write(
+            &path,
+            &config(&[a.addr(), b.addr()], "max_concurrency = 2\nqueue_size = 0"),
+        );
         l.reload().await.unwrap();
         let st = admin_json(&l, "/api/status").await;
-        assert_eq!(st["pools"][0]["servers"][0]["in_flight"], 2, "in-flight count carried over: {st}");
+        assert_eq!(
+            st["pools"][0]["servers"][0]["in_flight"], 2,
+            "in-flight count carried over: {st}"
+        );
         for _ in 0..4 {
             assert_eq!(get(&client(), &url).await.unwrap().status, 200);
         }
@@ -109,19 +154,35 @@ async fn state_of_kept_servers_carries_over_and_bad_reload_keeps_old_config() {
             assert_eq!(t.await.unwrap(), 200, "in-flight requests finish normally");
         }
         // An invalid file: rejected with its location, the old config keeps serving.
-        write(&path, "[pools.web]\nservers = [\"127.0.0.1:1\"]\nmax_concurrency = 0\n");
+        write(
+            &path,
+            "[pools.web]\nservers = [\"127.0.0.1:1\"]\nmax_concurrency = 0\n",
+        );
         let err = l.reload().await.unwrap_err();
         let details = err.details().join("\n");
-        assert!(details.contains("levee.toml:3:19") && details.contains("max_concurrency"), "{details}");
+        assert!(
+            details.contains("levee.toml:3:19") && details.contains("max_concurrency"),
+            "{details}"
+        );
         assert_eq!(get(&client(), &url).await.unwrap().status, 200);
-        assert_eq!(admin_json(&l, "/api/status").await["pools"][0]["servers"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            admin_json(&l, "/api/status").await["pools"][0]["servers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("levee-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
+    let d = std::env::temp_dir().join(format!(
+        "levee-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

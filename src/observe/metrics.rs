@@ -307,10 +307,10 @@ impl Metrics {
     /// Prometheus text exposition (or OpenMetrics, which the text format also is).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Ok(reg) = self.registry.lock() {
-            if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
-                out.clear();
-            }
+        if let Ok(reg) = self.registry.lock()
+            && prometheus_client::encoding::text::encode(&mut out, &reg).is_err()
+        {
+            out.clear();
         }
         out
     }

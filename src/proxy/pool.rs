@@ -357,10 +357,10 @@ impl PoolShared {
             }
             (inner.cfg.queue_size, inner.cfg.queue_timeout)
         };
-        if self.queue_len.load(Ordering::SeqCst) == 0 {
-            if let Some(p) = self.try_acquire(hash, &[]) {
-                return Ok(p);
-            }
+        if self.queue_len.load(Ordering::SeqCst) == 0
+            && let Some(p) = self.try_acquire(hash, &[])
+        {
+            return Ok(p);
         }
         if queue_size == 0 {
             return Err(AdmitError::QueueFull);

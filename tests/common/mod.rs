@@ -31,12 +31,19 @@ pub async fn levee_from_file(path: &std::path::Path) -> Levee {
 
 /// A simulated backend on a free loopback port.
 pub async fn backend(opts: BackendOptions) -> SimServer {
-    SimServer::start("127.0.0.1:0".parse().unwrap(), opts).await.expect("backend starts")
+    SimServer::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .expect("backend starts")
 }
 
 /// A fast backend with a large capacity.
 pub async fn fast_backend() -> SimServer {
-    backend(BackendOptions { capacity: 1000, latency: Duration::from_millis(1), ..Default::default() }).await
+    backend(BackendOptions {
+        capacity: 1000,
+        latency: Duration::from_millis(1),
+        ..Default::default()
+    })
+    .await
 }
 
 /// Config text: listener and admin on port 0, access log off, one pool `web` with these
@@ -48,8 +55,14 @@ pub fn config(servers: &[SocketAddr], pool_extra: &str) -> String {
 /// Like [`config`] with extra top-level text appended after the pool.
 pub fn config_full(servers: &[SocketAddr], pool_extra: &str, tail: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    // Health checks go to the simulated server's /health, which its request counts leave out.
+    let checks = if pool_extra.contains("[pools.web.health_check]") {
+        ""
+    } else {
+        "[pools.web.health_check]\npath = \"/health\"\n"
+    };
     format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nservers = [{}]\n{pool_extra}\n{tail}\n",
+        "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nservers = [{}]\n{pool_extra}\n{checks}{tail}\n",
         list.join(", ")
     )
 }
@@ -64,7 +77,9 @@ pub fn client_from(ip: Option<IpAddr>) -> TestClient {
     let mut c = HttpConnector::new();
     c.set_local_address(ip);
     c.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(64).build(c)
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build(c)
 }
 
 /// The answer to a request, or the transport error as text.
@@ -88,13 +103,23 @@ impl Answer {
 pub async fn send(c: &TestClient, req: http::Request<Full<Bytes>>) -> Result<Answer, String> {
     let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
-    Ok(Answer { status: parts.status.as_u16(), headers: parts.headers, body })
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// GET a URL.
 pub async fn get(c: &TestClient, url: &str) -> Result<Answer, String> {
-    let req = http::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
     send(c, req).await
 }
 
@@ -126,18 +151,27 @@ where
 
 /// The admin API's JSON at `path`.
 pub async fn admin_json(l: &Levee, path: &str) -> serde_json::Value {
-    let a = get(&client(), &format!("http://{}{}", l.admin_addr, path)).await.expect("admin answers");
+    let a = get(&client(), &format!("http://{}{}", l.admin_addr, path))
+        .await
+        .expect("admin answers");
     serde_json::from_slice(&a.body).expect("admin JSON")
 }
 
 /// The value of a metric line (exact name with labels) in /metrics.
 pub async fn metric(l: &Levee, series: &str) -> Option<f64> {
-    let a = get(&client(), &format!("http://{}/metrics", l.admin_addr)).await.ok()?;
+    let a = get(&client(), &format!("http://{}/metrics", l.admin_addr))
+        .await
+        .ok()?;
     let text = a.text();
-    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// Runs a future with a hard time limit so no test can hang.
 pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
-    tokio::time::timeout(limit, f).await.expect("test exceeded its time bound")
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("test exceeded its time bound")
 }
