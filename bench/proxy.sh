@@ -347,21 +347,31 @@ proc_snapshot() {
     done
 }
 other_percent() { # snapshot-before snapshot-after all-cpu-jiffies-delta -> "N%"
+    # Sum over foreign processes of ticks(after) - ticks(before); a process that exited
+    # counts -ticks(before) because its ticks moved into its parent's cutime/cstime.
     awk -v self=$$ -v total="$3" '
-    FNR == 1 { file++ }
-    { ppid[file, $1] = $2; ticks[file, $1] = $3; if (file == 2) pids[$1] = 1 }
-    END {
-        # descendants of this script, in the "after" snapshot
-        ours[self] = 1
+    FNR == 1 { f++ }
+    { ppid[f, $1] = $2; ticks[f, $1] = $3; pids[f, $1] = 1 }
+    function descendants(f,   p, k, changed) {
+        ours[f, self] = 1
         do {
             changed = 0
-            for (p in pids) if (!(p in ours) && (ppid[2, p] in ours)) { ours[p] = 1; changed = 1 }
+            for (k in pids) {
+                split(k, p, SUBSEP)
+                if (p[1] == f && !((f, p[2]) in ours) && ((f, ppid[f, p[2]]) in ours)) {
+                    ours[f, p[2]] = 1; changed = 1
+                }
+            }
         } while (changed)
-        for (p in pids) {
-            if (p in ours) continue
-            d = ticks[2, p] - (((1, p) in ticks) ? ticks[1, p] : 0)
-            if (d > 0) other += d
+    }
+    END {
+        descendants(1); descendants(2)
+        for (k in pids) {
+            split(k, p, SUBSEP)
+            if ((k in ours)) continue
+            other += (p[1] == 2 ? ticks[k] : -ticks[k])
         }
+        if (other < 0) other = 0
         printf "%d%%\n", (total > 0 ? other * 100 / total : 0)
     }' "$1" "$2"
 }

@@ -352,3 +352,111 @@ impl http_body::Body for Upload {
         ))))
     }
 }
+
+/// Reads stderr (or stdout) lines of a child until one contains `needle`.
+fn line_with(r: impl std::io::Read + Send + 'static, needle: &str) -> String {
+    let mut lines = BufReader::new(r).lines();
+    let found = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(needle) => break l,
+            Some(Ok(_)) => {}
+            _ => panic!("no line with {needle:?}"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    found
+}
+
+/// The first URL's scheme and authority in a line ("http://127.0.0.1:8080").
+fn url_in(line: &str) -> String {
+    let w = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let rest = &w["http://".len()..];
+    format!("http://{}", rest.split('/').next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_through_three_backends() {
+    bounded(Duration::from_secs(60), async {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let p = Proc(child);
+        let (url, admin) = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(err).lines();
+            let (mut url, mut admin) = (None, None);
+            while url.is_none() || admin.is_none() {
+                let l = lines.next().expect("demo banner").unwrap();
+                let t = l.trim_start();
+                if t.starts_with("levee ") && t.contains("http://") {
+                    url = Some(url_in(t));
+                } else if t.starts_with("admin ") {
+                    admin = Some(url_in(t));
+                }
+            }
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            (url.unwrap(), admin.unwrap())
+        })
+        .await
+        .unwrap();
+        let c = client();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..30 {
+            let a = get(&c, &format!("{url}/")).await.unwrap();
+            assert_eq!(a.status, 200);
+            seen.insert(a.header("x-backend").unwrap().to_string());
+        }
+        assert_eq!(
+            seen.len(),
+            3,
+            "the demo balances over three backends: {seen:?}"
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&get(&c, &format!("{admin}/api/status")).await.unwrap().body)
+                .unwrap();
+        assert_eq!(st["pools"][0]["servers"].as_array().unwrap().len(), 3);
+        signal(&p, "INT");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_command_serves_stats() {
+    bounded(Duration::from_secs(30), async {
+        let mut child = Command::new(BIN)
+            .args([
+                "backend",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+                "--capacity",
+                "4",
+                "--latency",
+                "5ms",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let _p = Proc(child);
+        let line = tokio::task::spawn_blocking(move || line_with(out, "listening on"))
+            .await
+            .unwrap();
+        let url = url_in(&line);
+        let c = client();
+        assert_eq!(get(&c, &format!("{url}/")).await.unwrap().status, 200);
+        let st: serde_json::Value =
+            serde_json::from_slice(&get(&c, &format!("{url}/stats")).await.unwrap().body).unwrap();
+        assert_eq!(st["served"], 1);
+        assert_eq!(st["crashes"], 0);
+    })
+    .await;
+}

@@ -179,7 +179,7 @@ pub fn status(shared: &Shared) -> Value {
                 .collect();
             json!({
                 "name": &*p.name,
-                "algorithm": format!("{:?}", inner.cfg.algorithm),
+                "algorithm": inner.cfg.algorithm.as_str(),
                 "queue_depth": p.queue_depth(),
                 "queue_size": inner.cfg.queue_size,
                 "healthy_servers": inner.servers.iter().filter(|s| s.available(now)).count(),

@@ -75,6 +75,18 @@ pub enum Algorithm {
     ConsistentHash,
 }
 
+impl Algorithm {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastRequest => "least_request",
+            Algorithm::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 /// What `consistent_hash` hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
