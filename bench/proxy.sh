@@ -11,6 +11,7 @@
 #   BENCH_CONNS=50       wrk connections (-c)
 #   BENCH_DURATION=10s   wrk measured duration (-d); a 2s warm-up precedes it
 #   BENCH_WARMUP=2s      warm-up duration (BENCH_WARMUP=0 skips it)
+#   BENCH_WAIT_IDLE=0    N: before each measurement wait up to N s for an idle machine
 #   BENCH_WRITE=1        append the results to bench/RESULTS.md (0: don't)
 #   BENCH_SKIP_LEVEE=0   1: leave levee out (nginx, HAProxy, backend only)
 #   BENCH_PIN=1          0: no CPU pinning (taskset)
@@ -28,6 +29,7 @@ THREADS=${BENCH_THREADS:-1}
 CONNS=${BENCH_CONNS:-50}
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
+WAIT_IDLE=${BENCH_WAIT_IDLE:-0}
 WRITE=${BENCH_WRITE:-1}
 SKIP_LEVEE=${BENCH_SKIP_LEVEE:-0}
 PIN=${BENCH_PIN:-1}
@@ -421,6 +423,7 @@ run_wrk() { # url seconds outfile
 declare -A ADDR=([backend]=$BACKEND1 [nginx]=$NGINX_ADDR [haproxy]=$HAPROXY_ADDR [levee]=$LEVEE_ADDR)
 declare -A LABEL=([backend]="backend direct" [nginx]="nginx (1 worker)" [haproxy]="HAProxy (1 thread)" [levee]="levee (--threads 1)")
 declare -A RPS P50 P99 ERRS CPU
+SKEWED=
 TARGETS=(backend nginx haproxy)
 [[ $SKIP_LEVEE == 1 ]] || TARGETS+=(levee)
 
@@ -432,8 +435,24 @@ wait_http backend "$BACKEND2" "$BACKEND_PID"
 
 # Other work on the machine (a compiler, ...) skews everything: measure it for 1s.
 all_jiffies() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
-read -r ib0 it0 < <(all_jiffies); sleep 1; read -r ib1 it1 < <(all_jiffies)
-IDLE_BUSY=$(( (ib1 - ib0) * 100 / ((it1 - it0) > 0 ? (it1 - it0) : 1) ))
+busy_1s() { # % of all CPUs busy during the next second
+    local b0 t0 b1 t1
+    read -r b0 t0 < <(all_jiffies); sleep 1; read -r b1 t1 < <(all_jiffies)
+    echo $(( (b1 - b0) * 100 / ((t1 - t0) > 0 ? (t1 - t0) : 1) ))
+}
+wait_idle() { # with BENCH_WAIT_IDLE=N: wait up to N seconds for the machine to be idle
+    (( WAIT_IDLE > 0 )) || return 0
+    local deadline=$((SECONDS + WAIT_IDLE)) b
+    while (( SECONDS < deadline )); do
+        b=$(busy_1s)
+        (( b <= 5 )) && return 0
+        log "machine ${b}% busy, waiting for idle (BENCH_WAIT_IDLE=$WAIT_IDLE)"
+        sleep 4
+    done
+    log "warning: machine still busy after ${WAIT_IDLE}s; measuring anyway"
+}
+wait_idle
+IDLE_BUSY=$(busy_1s)
 LOAD_BEFORE="CPU ${IDLE_BUSY}% busy over the 1s before the run (all cores), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if (( IDLE_BUSY > 10 )); then
     log "warning: machine not idle before the run: $LOAD_BEFORE; results will be skewed"
@@ -445,6 +464,7 @@ for t in "${TARGETS[@]}"; do
     url="http://${ADDR[$t]}/"
     body=$(curl -s -m 2 "$url") || die "$t: GET $url failed"
     [[ $body == "hello from backend" ]] || die "$t: unexpected body: $body"
+    [[ $t == "${TARGETS[0]}" ]] || wait_idle
     if (( WARMUP_S > 0 )); then
         log "$t: warm-up ${WARMUP_S}s"
         run_wrk "$url" "$WARMUP_S" "$TMP/$t.warmup.txt"
@@ -456,7 +476,12 @@ for t in "${TARGETS[@]}"; do
     CPU[$t]="$(cpu_percent "$j0" "$j1") $(other_percent "$TMP/procs.before" "$TMP/procs.after" $(( a1 - a0 )))"
     parsed=$(parse_wrk "$TMP/$t.wrk.txt") || { cat "$TMP/$t.wrk.txt" >&2; die "$t: cannot parse wrk output"; }
     read -r RPS[$t] P50[$t] P99[$t] ERRS[$t] <<<"$parsed"
-    log "$t: ${RPS[$t]} req/s, p50 ${P50[$t]} ms, p99 ${P99[$t]} ms, errors ${ERRS[$t]}"
+    log "$t: ${RPS[$t]} req/s, p50 ${P50[$t]} ms, p99 ${P99[$t]} ms, errors ${ERRS[$t]}, CPU ${CPU[$t]// /, } (last: other processes)"
+    other=${CPU[$t]##* }
+    if (( ${other%\%} > 5 )); then
+        log "warning: other processes used ${other} of the machine during the $t run; its numbers are skewed"
+        SKEWED+=" $t"
+    fi
     (( TARGET_PID == 0 )) || stop_pid "$TARGET_PID"
     if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
         cat "$TMP/backend.log" >&2; die "backend nginx died"
@@ -475,12 +500,13 @@ if [[ $SKIP_LEVEE == 1 ]]; then
     LEVEE_VER="skipped (BENCH_SKIP_LEVEE=1)"
 else
     LEVEE_VER=$({ "$LEVEE_BIN" --version 2>/dev/null || true; } | awk 'NR == 1')
-    LEVEE_VER="${LEVEE_VER:-levee} (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
+    LEVEE_VER="${LEVEE_VER:-levee} (binary built $(date -u -r "$LEVEE_BIN" '+%Y-%m-%d %H:%M UTC'); tree at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
 fi
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 [[ $SKIP_LEVEE == 1 ]] && ENV_PREFIX+=" BENCH_SKIP_LEVEE=1"
 [[ $WARMUP == 2s ]] || ENV_PREFIX+=" BENCH_WARMUP=$WARMUP"
+[[ $WAIT_IDLE == 0 ]] || ENV_PREFIX+=" BENCH_WAIT_IDLE=$WAIT_IDLE"
 [[ $PIN == 1 ]] || ENV_PREFIX+=" BENCH_PIN=$PIN"
 [[ $PROXY_CPU$BACKEND_CPU$CLIENT_CPU == 001 ]] ||
     ENV_PREFIX+=" BENCH_PROXY_CPU=$PROXY_CPU BENCH_BACKEND_CPU=$BACKEND_CPU BENCH_CLIENT_CPU=$CLIENT_CPU"
@@ -497,6 +523,7 @@ report() {
             "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${CPU[$t]// / | }"
     done
     echo
+    [[ -z $SKEWED ]] || echo "- **warning**: other processes used > 5% of the machine during:$SKEWED; those rows are skewed"
     if [[ $SKIP_LEVEE == 1 ]]; then echo "- levee skipped (BENCH_SKIP_LEVEE=1): no ratios"; return; fi
     echo "- levee/nginx req/s: $(ratio "${RPS[levee]:-}" "${RPS[nginx]}")"
     echo "- levee/HAProxy req/s: $(ratio "${RPS[levee]:-}" "${RPS[haproxy]}")"
@@ -519,7 +546,9 @@ if [[ $WRITE == 1 ]]; then
         echo "- versions: nginx $NGINX_VER, HAProxy $HAPROXY_VER, wrk $WRK_VER, levee $LEVEE_VER"
         echo "- command: \`$ENV_PREFIX $INVOCATION\`"
         echo "- wrk per target: \`${WRK_CMD/-d$DURATION/-d${DURATION_S}s}\` after a ${WARMUP_S}s warm-up with the same parameters"
-        echo "- other load: $LOAD_BEFORE"
+        echo "- other load: $LOAD_BEFORE. The \"other processes\" column is the CPU used during each"
+        echo "  measurement by processes that are not the benchmark's, in % of the whole machine"
+        echo "  (one busy core = $(( 100 / NCPU ))%); above a few % the row is skewed."
         echo "- pinning: $PINNING."
         if (( ${#PIN_PROXY[@]} )) && [[ $PROXY_CPU$BACKEND_CPU$CLIENT_CPU == 001 ]]; then
             echo "  Why: with 2 cores, wrk gets a core of its own so the load generator is never the limit"

@@ -98,6 +98,20 @@ async fn slow_header_client_is_cut_off_after_the_header_timeout() {
                 >= 1.0
         })
         .await;
+        // A client that connects and sends nothing is cut off too.
+        let mut silent = TcpStream::connect(l.addr).await.unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+            .await
+            .expect("silent connection closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            t.elapsed() >= Duration::from_millis(400) && t.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            t.elapsed()
+        );
         // Normal clients are unaffected.
         assert_eq!(
             get(&client(), &format!("http://{}/", l.addr))
@@ -115,7 +129,7 @@ async fn idle_keep_alive_connections_are_closed() {
     bounded(Duration::from_secs(30), async {
         let b = fast_backend().await;
         let l =
-            levee(&config(&[b.addr()], "").replace("[admin]", "idle_timeout = \"300ms\"\n[admin]"))
+            levee(&config(&[b.addr()], "").replace("[admin]", "idle_timeout = \"800ms\"\nclient_header_timeout = \"200ms\"\n[admin]"))
                 .await;
         let mut s = TcpStream::connect(l.addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -131,8 +145,8 @@ async fn idle_keep_alive_connections_are_closed() {
             .unwrap_or(0);
         assert_eq!(n, 0, "levee closes the idle connection");
         assert!(
-            t.elapsed() >= Duration::from_millis(250),
-            "not before the idle timeout: {:?}",
+            t.elapsed() >= Duration::from_millis(700),
+            "not before the idle timeout (the shorter header timeout does not cut idle connections): {:?}",
             t.elapsed()
         );
     })

@@ -2,6 +2,7 @@
 //! limit), and the response body on its way to the client, which holds the server slot and the
 //! access-log entry until the last byte has gone out.
 
+use super::conn::ConnActivity;
 use super::pool::Permit;
 use crate::observe::access_log::{AccessLogger, Entry};
 use bytes::Bytes;
@@ -9,7 +10,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 /// Why a request body could not be forwarded.
@@ -81,13 +81,6 @@ impl Body for ReqBody {
     }
 }
 
-/// Per-connection activity, for the idle keep-alive timeout.
-#[derive(Debug, Default)]
-pub struct ConnActivity {
-    pub active: AtomicU32,
-    pub last_ms: AtomicU64,
-}
-
 /// Things to finish when a response is done: release the slot, write the log line.
 #[derive(Debug)]
 pub struct Completion {
@@ -105,8 +98,7 @@ impl Drop for Completion {
             logger.log(e);
         }
         if let Some(c) = self.conn.take() {
-            c.last_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
-            c.active.fetch_sub(1, Ordering::AcqRel);
+            c.request_done();
         }
     }
 }

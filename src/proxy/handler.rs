@@ -3,7 +3,8 @@
 //! Every step that says no answers at once with the proper status, never reaches a server,
 //! and is counted with its reason.
 
-use super::body::{Completion, ConnActivity, ReqBody, ReqBodyError, RespBody};
+use super::body::{Completion, ReqBody, ReqBodyError, RespBody};
+use super::conn::ConnActivity;
 use super::headers::{self, X_REQUEST_ID};
 use super::pool::{AdmitError, Permit, PoolShared, ServerState};
 use super::runtime::{Shared, Snapshot};
@@ -16,7 +17,6 @@ use hyper::body::Incoming;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 /// What one request carries through the pipeline for logging.
@@ -36,7 +36,7 @@ pub async fn handle(
     conn: Arc<ConnActivity>,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
-    conn.active.fetch_add(1, Ordering::AcqRel);
+    conn.request_started();
     let snap = shared.snapshot.load_full();
     let cfg: &Config = &snap.cfg;
     let client = headers::canonical_ip(peer.ip());

@@ -1,10 +1,9 @@
 //! The client-facing listener: accept, connection limits, HTTP/1.1 with header timeout and
 //! size limits, idle keep-alive timeout, graceful drain.
 
-use super::body::ConnActivity;
+use super::conn::{ConnActivity, TrackedStream, Verdict};
 use super::handler;
 use super::runtime::Shared;
-use crate::clock::now_ms;
 use crate::observe::metrics::Reason;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -63,29 +62,35 @@ pub async fn run(
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(l.client_header_timeout)
+            // levee runs its own header timer (see conn.rs): hyper's would also cut idle
+            // keep-alive connections at the header timeout.
+            .header_read_timeout(None)
             .max_header_size(l.max_header_size)
             .keep_alive(true);
-        let idle = l.idle_timeout;
+        let idle_ms = l.idle_timeout.as_millis() as u64;
+        let header_ms = l.client_header_timeout.as_millis() as u64;
+        let tick = (l.idle_timeout.min(l.client_header_timeout) / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
         drop(snap);
         let shared = shared.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let activity = Arc::new(ConnActivity::default());
-            activity.last_ms.store(now_ms(), Ordering::Relaxed);
+            let activity = ConnActivity::new();
             let svc_shared = shared.clone();
             let svc_act = activity.clone();
             let svc = service_fn(move |req| {
                 handler::handle(svc_shared.clone(), peer, svc_act.clone(), req)
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(
+                TokioIo::new(TrackedStream::new(stream, activity.clone())),
+                svc,
+            );
             tokio::pin!(conn);
             let mut closing = *stop.borrow();
             if closing {
                 conn.as_mut().graceful_shutdown();
             }
-            let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -99,10 +104,14 @@ pub async fn run(
                         conn.as_mut().graceful_shutdown();
                     }
                     _ = tokio::time::sleep(tick), if !closing => {
-                        let quiet = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                        if activity.active.load(Ordering::Acquire) == 0 && quiet >= idle.as_millis() as u64 {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
+                        match activity.verdict(header_ms, idle_ms) {
+                            Verdict::Keep => {}
+                            Verdict::HeaderTimeout => {
+                                // A slow or silent client: close now, nothing is in progress.
+                                shared.metrics.reject(Reason::HeaderTimeout);
+                                break;
+                            }
+                            Verdict::Idle => break,
                         }
                     }
                 }

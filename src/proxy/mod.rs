@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod conn;
 pub mod fairness;
 pub mod handler;
 pub mod headers;
