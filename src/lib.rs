@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod health;
 pub mod observe;
 pub mod proxy;

@@ -18,11 +18,17 @@ async fn active_checks_take_a_server_out_and_back() {
             &format!("algorithm = \"round_robin\"\nslow_start = \"0s\"\n{FAST_CHECKS}"),
         ))
         .await;
+        let mut events = l.shared.events.subscribe();
         b.set_healthy(false);
         wait_for(Duration::from_secs(5), "b marked down", || async {
             admin_json(&l, "/api/status").await["pools"][0]["healthy_servers"] == 1
         })
         .await;
+        let ev = events
+            .try_recv()
+            .expect("a server_down event was published");
+        assert_eq!(ev.kind, levee::events::EventKind::ServerDown);
+        assert_eq!(ev.server.as_deref(), Some(b.addr().to_string().as_str()));
         let before = b.stats().served;
         let c = client();
         for _ in 0..30 {

@@ -2,6 +2,7 @@
 //! consecutive successes (2xx/3xx) mark a server up, `fall` consecutive failures mark it down.
 //! Passive outlier ejection lives with the pool (`proxy::pool::PoolShared::report`).
 
+use crate::events::{Event, EventKind};
 use crate::proxy::pool::{PoolShared, ServerState};
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -71,14 +72,34 @@ fn record(pool: &PoolShared, s: &ServerState, ok: bool, rise: u32, fall: u32) {
         let n = s.check_ok.fetch_add(1, Ordering::AcqRel) + 1;
         if !s.checks_up() && n >= rise && s.set_checks_up(true) {
             pool.counters.health_up.inc();
-            tracing::info!(pool = %pool.name, server = %s.name, "server is up (health check passed {n} times)");
+            pool.events.publish(
+                Event::new(
+                    EventKind::ServerUp,
+                    format!(
+                        "server {} of pool {} is up: health check passed {n} times in a row",
+                        s.name, pool.name
+                    ),
+                )
+                .pool(&pool.name)
+                .server(&s.name),
+            );
         }
     } else {
         s.check_ok.store(0, Ordering::Relaxed);
         let n = s.check_fail.fetch_add(1, Ordering::AcqRel) + 1;
         if s.checks_up() && n >= fall && s.set_checks_up(false) {
             pool.counters.health_down.inc();
-            tracing::warn!(pool = %pool.name, server = %s.name, "server is down (health check failed {n} times)");
+            pool.events.publish(
+                Event::new(
+                    EventKind::ServerDown,
+                    format!(
+                        "server {} of pool {} is down: health check failed {n} times in a row",
+                        s.name, pool.name
+                    ),
+                )
+                .pool(&pool.name)
+                .server(&s.name),
+            );
         }
     }
 }

@@ -110,7 +110,10 @@ impl Levee {
             )),
             tokio::spawn(crate::admin::run(admin, shared.clone(), stop_rx)),
         ];
-        tracing::info!(%addr, %admin_addr, "levee is serving");
+        shared.events.publish(
+            crate::events::Event::new(crate::events::EventKind::LeveeStarted, format!("levee started, serving on {addr}"))
+                .data(serde_json::json!({ "listener": addr.to_string(), "admin": admin_addr.to_string(), "config": shared.snapshot.load().cfg.path.as_ref().map(|p| p.display().to_string()) })),
+        );
         Ok(Levee {
             addr,
             admin_addr,
@@ -152,6 +155,17 @@ impl Levee {
         for t in &self.tasks {
             t.abort();
         }
+        self.shared.events.publish(crate::events::Event::new(
+            crate::events::EventKind::LeveeStopped,
+            if clean {
+                "levee stopped after draining every connection".to_string()
+            } else {
+                format!(
+                    "levee stopped; {} connections were still open at the drain timeout",
+                    self.open.0.load(Ordering::Acquire)
+                )
+            },
+        ));
         if let Ok(mut h) = self.shared.health_tasks.lock() {
             for t in h.drain(..) {
                 t.abort();
@@ -174,8 +188,18 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadOutcome, ReloadError> 
         Ok(Err(e)) => {
             shared.metrics.reload(false);
             for l in e.lines() {
-                tracing::error!(problem = %l, "config reload rejected; the previous config keeps serving");
+                tracing::error!(problem = %l, "config reload rejected");
             }
+            shared.events.publish(
+                crate::events::Event::new(
+                    crate::events::EventKind::ConfigRejected,
+                    format!(
+                        "config reload rejected ({} problems); the previous config keeps serving",
+                        e.problems.len()
+                    ),
+                )
+                .data(serde_json::json!({ "problems": e.lines() })),
+            );
             return Err(ReloadError::Invalid(e));
         }
         Err(e) => {
@@ -189,7 +213,13 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadOutcome, ReloadError> 
             for w in &o.warnings {
                 tracing::warn!(warning = %w, "config reload");
             }
-            tracing::info!(generation = o.generation, "config reloaded");
+            shared.events.publish(
+                crate::events::Event::new(
+                    crate::events::EventKind::ConfigReloaded,
+                    format!("config reloaded (generation {})", o.generation),
+                )
+                .data(serde_json::json!({ "generation": o.generation, "warnings": o.warnings })),
+            );
             Ok(o)
         }
         Err(e) => {

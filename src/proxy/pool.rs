@@ -11,6 +11,8 @@ use super::balance;
 use super::retry_budget::RetryBudget;
 use crate::clock::now_ms;
 use crate::config;
+use crate::events::{Event, EventBus, EventKind};
+
 use crate::observe::metrics::{Metrics, PoolCounters, ServerCounters};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -44,10 +46,11 @@ pub struct ServerState {
     ejections: AtomicU32,
     recovered_at: AtomicU64,
     pub counters: ServerCounters,
+    events: EventBus,
 }
 
 impl ServerState {
-    fn new(pool: &str, s: &config::Server, metrics: &Metrics) -> ServerState {
+    fn new(pool: &str, s: &config::Server, metrics: &Metrics, events: &EventBus) -> ServerState {
         let authority = http::uri::Authority::try_from(s.addr.to_string().as_str())
             .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
         ServerState {
@@ -66,6 +69,7 @@ impl ServerState {
             ejections: AtomicU32::new(0),
             recovered_at: AtomicU64::new(0),
             counters: metrics.server_counters(pool, &s.name),
+            events: events.clone(),
         }
     }
 
@@ -111,7 +115,17 @@ impl ServerState {
             .is_ok()
         {
             self.recovered_at.store(now, Ordering::Release);
-            tracing::info!(pool = %self.pool, server = %self.name, "server returns from outlier ejection");
+            self.events.publish(
+                Event::new(
+                    EventKind::ServerRestored,
+                    format!(
+                        "server {} of pool {} returns from outlier ejection",
+                        self.name, self.pool
+                    ),
+                )
+                .pool(&self.pool)
+                .server(&self.name),
+            );
         }
         false
     }
@@ -216,6 +230,7 @@ pub struct PoolShared {
     pub(crate) rr: AtomicUsize,
     pub budget: RetryBudget,
     pub counters: PoolCounters,
+    pub events: EventBus,
 }
 
 impl std::fmt::Debug for PoolShared {
@@ -260,6 +275,7 @@ impl PoolShared {
         cfg: &config::Pool,
         old: Option<&Arc<PoolShared>>,
         metrics: &Metrics,
+        events: &EventBus,
     ) -> Arc<PoolShared> {
         let old_inner = old.map(|o| o.inner.load_full());
         let servers: Vec<Arc<ServerState>> = cfg
@@ -278,7 +294,7 @@ impl PoolShared {
                         p.clone()
                     }
                     None => {
-                        let st = ServerState::new(&cfg.name, s, metrics);
+                        let st = ServerState::new(&cfg.name, s, metrics, events);
                         if old.is_some() {
                             // A server added by a reload ramps up like a recovered one.
                             st.recovered_at.store(now_ms(), Ordering::Release);
@@ -324,6 +340,7 @@ impl PoolShared {
                 rr: AtomicUsize::new(0),
                 budget: RetryBudget::default(),
                 counters: metrics.pool_counters(&cfg.name),
+                events: events.clone(),
             }),
         }
     }
@@ -462,6 +479,11 @@ impl PoolShared {
             .ejected_until
             .store(now + dur.max(1), Ordering::Release);
         server.counters.ejections.inc();
-        tracing::warn!(pool = %self.name, server = %server.name, failures = n, ejection_ms = dur, "server ejected after consecutive failures");
+        self.events.publish(
+            Event::new(EventKind::ServerEjected, format!("server {} of pool {} ejected for {} after {n} consecutive failures (ejection #{})", server.name, self.name, crate::config::units::fmt_duration(Duration::from_millis(dur)), k + 1))
+                .pool(&self.name)
+                .server(&server.name)
+                .data(serde_json::json!({ "consecutive_failures": n, "ejection_ms": dur, "ejection_count": k + 1 })),
+        );
     }
 }

@@ -4,6 +4,8 @@
 use super::fairness::ClientRates;
 use super::pool::PoolShared;
 use crate::config::Config;
+use crate::events::EventBus;
+
 use crate::observe::access_log::AccessLogger;
 use crate::observe::metrics::{Metrics, StateSource};
 use arc_swap::ArcSwap;
@@ -24,6 +26,7 @@ pub struct Snapshot {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    pub events: EventBus,
     pub rates: ClientRates,
     /// Health checker tasks of the current generation.
     pub(crate) health_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -43,10 +46,11 @@ impl Shared {
     /// Builds the first generation.
     pub fn new(cfg: Config) -> std::io::Result<Arc<Shared>> {
         let metrics = Metrics::new();
+        let events = EventBus::default();
         let pools = cfg
             .pools
             .iter()
-            .map(|p| PoolShared::build(p, None, &metrics))
+            .map(|p| PoolShared::build(p, None, &metrics, &events))
             .collect();
         let access_log = AccessLogger::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
         let shared = Arc::new(Shared {
@@ -57,6 +61,7 @@ impl Shared {
                 generation: 1,
             }),
             metrics: metrics.clone(),
+            events,
             rates: ClientRates::default(),
             health_tasks: Mutex::new(Vec::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -103,7 +108,14 @@ impl Shared {
         let pools = cfg
             .pools
             .iter()
-            .map(|p| PoolShared::build(p, by_name.get(p.name.as_str()).copied(), &self.metrics))
+            .map(|p| {
+                PoolShared::build(
+                    p,
+                    by_name.get(p.name.as_str()).copied(),
+                    &self.metrics,
+                    &self.events,
+                )
+            })
             .collect();
         let access_log = if cfg.access_log.enabled == old.cfg.access_log.enabled
             && cfg.access_log.path == old.cfg.access_log.path
