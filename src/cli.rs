@@ -26,6 +26,26 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run a simulated web server (capacity, latency, crashes) for drills, demos and tests
     Backend(BackendArgs),
+    /// Draft the postmortem of an incident from the journal (Markdown or JSON)
+    Postmortem(PostmortemArgs),
+    /// Print the runbook of every alert: what it means and what to do
+    Runbook,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PostmortemArgs {
+    /// The journal file (`[journal] path`)
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The incident's id (see GET /api/incidents)
+    #[arg(long, conflicts_with = "last")]
+    pub incident: Option<i64>,
+    /// The latest incident (the default)
+    #[arg(long)]
+    pub last: bool,
+    /// md or json
+    #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+    pub format: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,6 +128,38 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Backend(a) => {
             backend::run(a).await.context("levee backend")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Postmortem(a) => Ok(postmortem(a)),
+        Command::Runbook => {
+            print!("{}", crate::observe::rules::runbook_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn postmortem(a: PostmortemArgs) -> ExitCode {
+    use crate::journal::{Format, JournalError};
+    if !a.journal.is_file() {
+        eprintln!("levee: no journal file at {}", a.journal.display());
+        return ExitCode::from(2);
+    }
+    let format = if a.format == "json" {
+        Format::Json
+    } else {
+        Format::Markdown
+    };
+    match crate::journal::postmortem(&a.journal, a.incident, format) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ (JournalError::NoIncident(_) | JournalError::Empty)) => {
+            eprintln!("levee: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("levee: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -2,6 +2,8 @@
 //! errors as `{"error": "...", "details": [...]}` with a 4xx status. With `admin.token_file`
 //! set, every request needs `Authorization: Bearer <token>`.
 
+mod observe_api;
+
 use crate::clock::now_ms;
 use crate::proxy::runtime::Shared;
 use bytes::Bytes;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// Serves the admin API until `stop` turns true.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -48,7 +50,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
     }
 }
 
-fn json_resp(status: StatusCode, v: &Value) -> Resp {
+pub(crate) fn json_resp(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -95,6 +97,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         return r;
     }
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    if let Some(r) = observe_api::route(shared, req.method(), &path, &query).await {
+        return r;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
@@ -146,7 +152,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: {path}"),
-            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload".into()],
+            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload, GET / (dashboard), GET /api/dashboard, GET /api/events, GET /api/alerts, GET /api/runbook, GET /api/incidents[/{id}[/postmortem]]".into()],
         ),
     }
 }

@@ -4,6 +4,7 @@
 //! Two stages: `raw.rs` mirrors the file (serde, unknown keys rejected), `validate.rs` turns it
 //! into [`Config`] and reports every problem at once, not the first only.
 
+pub mod observe;
 mod raw;
 pub mod units;
 mod validate;
@@ -26,6 +27,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Routes, most specific first (host before no host, then longest prefix).
     pub routes: Vec<Route>,
+    /// `[journal]`, `[alerting]`, `[[alerts]]`, `[[notifiers]]`.
+    pub observe: observe::Observe,
 }
 
 /// `[listener]`, validated.

@@ -29,6 +29,18 @@ pub struct RawConfig {
     /// Routes from host / path prefix to a pool. Optional when there is exactly one pool.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// The durable incident journal (SQLite). Off unless `path` is set.
+    #[serde(default)]
+    pub journal: super::observe::RawJournal,
+    /// Settings shared by the built-in alert rules.
+    #[serde(default)]
+    pub alerting: super::observe::RawAlerting,
+    /// Overrides for built-in alert rules.
+    #[serde(default)]
+    pub alerts: Vec<super::observe::RawAlert>,
+    /// Who is told when alerts fire and resolve.
+    #[serde(default)]
+    pub notifiers: Vec<super::observe::RawNotifier>,
 }
 
 /// `[listener]`

@@ -218,10 +218,22 @@ pub(super) fn validate(
             .then(y.path_prefix.len().cmp(&x.path_prefix.len()))
     });
 
+    let observe = super::observe::validate(
+        &raw.journal,
+        &raw.alerting,
+        &raw.alerts,
+        &raw.notifiers,
+        text,
+        base_dir,
+    )
+    .map_err(|p| cx.problems.extend(p))
+    .ok();
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    let (Some(listener_bind), Some(admin_bind)) = (listener_bind, admin_bind) else {
+    let (Some(listener_bind), Some(admin_bind), Some(observe)) =
+        (listener_bind, admin_bind, observe)
+    else {
         return Err(cx.problems);
     };
     Ok(Config {
@@ -244,6 +256,7 @@ pub(super) fn validate(
         access_log,
         pools,
         routes,
+        observe,
     })
 }
 

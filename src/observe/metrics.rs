@@ -2,12 +2,12 @@
 //! recording a request takes no lock and allocates nothing; state gauges (in-flight, caps,
 //! health, queue depth) are read at scrape time by a collector.
 
+use super::latency::Latency;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 
@@ -71,6 +71,31 @@ impl Reason {
         }
     }
 
+    /// Load shedding: the pool could not take the request (`queue_full`, `queue_timeout`,
+    /// `no_healthy_server`). Counted as "shed" in the history, incidents and the dashboard.
+    pub fn is_shed(self) -> bool {
+        matches!(
+            self,
+            Reason::QueueFull | Reason::QueueTimeout | Reason::NoHealthyServer
+        )
+    }
+
+    /// A 5xx levee wrote because the upstream failed (connect, bad answer, timeouts).
+    pub fn is_upstream_error(self) -> bool {
+        matches!(
+            self,
+            Reason::UpstreamConnect
+                | Reason::UpstreamError
+                | Reason::UpstreamTimeout
+                | Reason::RequestTimeout
+        )
+    }
+
+    /// Neither shed nor an upstream error: levee (or its shield) refused the client.
+    pub fn is_blocked(self) -> bool {
+        !self.is_shed() && !self.is_upstream_error()
+    }
+
     fn index(self) -> usize {
         Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
@@ -88,7 +113,11 @@ pub trait StateSource: Send + Sync + 'static {
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<Labels, Counter>,
-    duration: Family<Labels, Histogram>,
+    duration: Family<Labels, Latency>,
+    server_duration: Family<Labels, Latency>,
+    queue_wait: Family<Labels, Latency>,
+    pool_rejections: Family<Labels, Counter>,
+    alerts_firing: Family<Labels, Gauge>,
     rejections: Vec<Counter>,
     retries: Family<Labels, Counter>,
     retry_budget_exhausted: Family<Labels, Counter>,
@@ -114,23 +143,49 @@ pub struct ServerCounters {
     /// Index 0..5 = 1xx..5xx.
     pub by_class: [Counter; 5],
     pub ejections: Counter,
+    /// Request head to response head for requests this server answered.
+    pub duration: Latency,
+}
+
+impl ServerCounters {
+    /// Requests this server answered so far, and how many of them were 5xx.
+    pub fn totals(&self) -> (u64, u64) {
+        let all = self.by_class.iter().map(Counter::get).sum();
+        (all, self.by_class[4].get())
+    }
 }
 
 /// Per-pool handles, resolved once.
 #[derive(Debug, Clone)]
 pub struct PoolCounters {
-    pub duration: Histogram,
+    pub duration: Latency,
+    /// Time spent waiting for admission (0 when a slot was free at once).
+    pub queue_wait: Latency,
+    /// Requests of this pool that levee shed, by reason: `queue_full`, `queue_timeout`,
+    /// `no_healthy_server` (the same answers are also in the global `levee_rejections_total`).
+    pub shed_by_reason: [Counter; 3],
     pub retries: Counter,
     pub retry_budget_exhausted: Counter,
     pub health_down: Counter,
     pub health_up: Counter,
 }
 
-fn duration_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ]
-    .into_iter()
+impl PoolCounters {
+    /// Counts one shed request of this pool (other reasons are ignored).
+    pub fn shed(&self, r: Reason) {
+        let i = match r {
+            Reason::QueueFull => 0,
+            Reason::QueueTimeout => 1,
+            Reason::NoHealthyServer => 2,
+            _ => return,
+        };
+        self.shed_by_reason[i].inc();
+    }
+
+    /// Requests of this pool shed so far.
+    pub fn shed_total(&self) -> u64 {
+        self.shed_by_reason.iter().map(Counter::get).sum()
+    }
 }
 
 impl Metrics {
@@ -143,15 +198,37 @@ impl Metrics {
             "Requests answered by a backend server, by pool, server and status class",
             requests.clone(),
         );
-        let duration =
-            Family::<Labels, Histogram>::new_with_constructor(
-                || Histogram::new(duration_buckets()),
-            );
+        let duration = Family::<Labels, Latency>::default();
         reg.register(
             "levee_request_duration_seconds",
             "Time from request head to response head, per pool (including queue wait)",
             duration.clone(),
         );
+        let server_duration = Family::<Labels, Latency>::default();
+        reg.register(
+            "levee_server_request_duration_seconds",
+            "Time from request head to response head, per server that answered",
+            server_duration.clone(),
+        );
+        let queue_wait = Family::<Labels, Latency>::default();
+        reg.register(
+            "levee_pool_queue_wait_seconds",
+            "Time a request waited for admission to the pool (0 when a server was free)",
+            queue_wait.clone(),
+        );
+        let pool_rejections = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_pool_shed",
+            "Requests of a pool shed by levee, by reason (queue_full, queue_timeout, no_healthy_server)",
+            pool_rejections.clone(),
+        );
+        let alerts_firing = Family::<Labels, Gauge>::default();
+        reg.register(
+            "levee_alerts_firing",
+            "Alert instances firing now, by alert rule and severity",
+            alerts_firing.clone(),
+        );
+        reg.register_collector(Box::new(super::process::ProcessCollector::default()));
         let rej = Family::<Labels, Counter>::default();
         reg.register(
             "levee_rejections",
@@ -217,6 +294,10 @@ impl Metrics {
             registry: Mutex::new(reg),
             requests,
             duration,
+            server_duration,
+            queue_wait,
+            pool_rejections,
+            alerts_firing,
             rejections,
             retries,
             retry_budget_exhausted,
@@ -284,7 +365,24 @@ impl Metrics {
                     ("server", server.to_string()),
                 ])
                 .clone(),
+            duration: self
+                .server_duration
+                .get_or_create(&vec![
+                    ("pool", pool.to_string()),
+                    ("server", server.to_string()),
+                ])
+                .clone(),
         }
+    }
+
+    /// The gauge of firing instances of an alert rule.
+    pub fn alerts_firing(&self, alert: &str, severity: &str) -> Gauge {
+        self.alerts_firing
+            .get_or_create(&vec![
+                ("alert", alert.to_string()),
+                ("severity", severity.to_string()),
+            ])
+            .clone()
     }
 
     /// Handles for a pool.
@@ -295,8 +393,22 @@ impl Metrics {
                 .get_or_create(&vec![("pool", pool.to_string()), ("to", d.to_string())])
                 .clone()
         };
+        let shed = |r: Reason| {
+            self.pool_rejections
+                .get_or_create(&vec![
+                    ("pool", pool.to_string()),
+                    ("reason", r.as_str().to_string()),
+                ])
+                .clone()
+        };
         PoolCounters {
             duration: self.duration.get_or_create(&l).clone(),
+            queue_wait: self.queue_wait.get_or_create(&l).clone(),
+            shed_by_reason: [
+                shed(Reason::QueueFull),
+                shed(Reason::QueueTimeout),
+                shed(Reason::NoHealthyServer),
+            ],
             retries: self.retries.get_or_create(&l).clone(),
             retry_budget_exhausted: self.retry_budget_exhausted.get_or_create(&l).clone(),
             health_down: dir("down"),

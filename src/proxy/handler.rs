@@ -135,7 +135,12 @@ pub async fn handle(
     // Admission.
     let score = shared.rates.record(&client);
     pool.budget.record_request();
-    let permit = match pool.admit(score, hash).await {
+    let admit_start = Instant::now();
+    let admitted = pool.admit(score, hash).await;
+    pool.counters
+        .queue_wait
+        .observe(admit_start.elapsed().as_secs_f64());
+    let permit = match admitted {
         Ok(p) => p,
         Err(e) => {
             let reason = match e {
@@ -143,6 +148,7 @@ pub async fn handle(
                 AdmitError::QueueFull => Reason::QueueFull,
                 AdmitError::QueueTimeout => Reason::QueueTimeout,
             };
+            pool.counters.shed(reason);
             let msg = match e {
                 AdmitError::NoHealthyServer => {
                     "503 no healthy server: every server of this pool is down\n"
@@ -400,9 +406,9 @@ fn respond(
     {
         c.inc();
     }
-    pool.counters
-        .duration
-        .observe(ctx.start.elapsed().as_secs_f64());
+    let took = ctx.start.elapsed().as_secs_f64();
+    pool.counters.duration.observe(took);
+    server.counters.duration.observe(took);
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     let mut body = RespBody::upstream(body);
     let log = snap.access_log.clone().map(|l| {

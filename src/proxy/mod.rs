@@ -33,6 +33,8 @@ pub enum StartError {
     },
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("cannot open the journal: {0}")]
+    Journal(crate::journal::JournalError),
 }
 
 /// Why a reload was refused. The old config keeps serving.
@@ -97,11 +99,35 @@ impl Levee {
             addr: admin_bind,
             source,
         })?;
+        let journal_cfg = cfg.observe.journal.clone();
+        let quiet = cfg
+            .observe
+            .alerting
+            .incident_quiet_period
+            .mul_f64(cfg.observe.alerting.time_scale);
         let shared = Shared::new(cfg).map_err(StartError::AccessLog)?;
+        if let Some(j) = journal_cfg {
+            let j = crate::journal::Journal::start(&j, quiet).map_err(StartError::Journal)?;
+            let _ = shared.observe.journal.set(j);
+        }
         shared.restart_health_checks();
         let (stop, stop_rx) = watch::channel(false);
         let open = Arc::new(OpenConns::default());
+        // Subscribed before `levee_started` is published, so the journal records it.
+        let observe_rx = shared.events.subscribe();
+        let notify_rx = shared.events.subscribe();
         let tasks = vec![
+            tokio::spawn(crate::observe::engine::run(
+                shared.clone(),
+                observe_rx,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::observe::notify::run(
+                shared.clone(),
+                notify_rx,
+                shared.observe.notify.clone(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(listener::run(
                 listener,
                 shared.clone(),
@@ -155,7 +181,7 @@ impl Levee {
         for t in &self.tasks {
             t.abort();
         }
-        self.shared.events.publish(crate::events::Event::new(
+        let stopped = crate::events::Event::new(
             crate::events::EventKind::LeveeStopped,
             if clean {
                 "levee stopped after draining every connection".to_string()
@@ -165,7 +191,13 @@ impl Levee {
                     self.open.0.load(Ordering::Acquire)
                 )
             },
-        ));
+        );
+        self.shared.events.publish(stopped.clone());
+        // The observer has stopped: hand the last event to the journal and close it.
+        if let Some(j) = self.shared.observe.journal.get() {
+            j.event(Arc::new(stopped));
+            j.stop();
+        }
         if let Ok(mut h) = self.shared.health_tasks.lock() {
             for t in h.drain(..) {
                 t.abort();

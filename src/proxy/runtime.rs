@@ -28,6 +28,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
     pub rates: ClientRates,
+    /// History, alerts, recent events, journal handle (`crate::observe::engine`).
+    pub observe: Arc<crate::observe::engine::Observer>,
     /// Health checker tasks of the current generation.
     pub(crate) health_tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serialises reloads.
@@ -63,6 +65,7 @@ impl Shared {
             metrics: metrics.clone(),
             events,
             rates: ClientRates::default(),
+            observe: Arc::default(),
             health_tasks: Mutex::new(Vec::new()),
             reload_lock: tokio::sync::Mutex::new(()),
         });

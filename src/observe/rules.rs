@@ -1,0 +1,533 @@
+//! The built-in alert rules: their defaults, their runbooks (the incident response plan as
+//! code: `levee runbook` prints them, the README's "When levee alerts" repeats them) and how
+//! each one reads the history. The state machine (pending, firing, resolved) is in `alerts.rs`.
+
+use super::history::History;
+use crate::config::observe::AlertOverride;
+use crate::events::Event;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Names of the built-in rules, in the order they are documented.
+pub const RULE_NAMES: [&str; 10] = [
+    "server_down",
+    "pool_degraded",
+    "pool_unavailable",
+    "error_ratio",
+    "latency",
+    "saturation",
+    "attack_suspected",
+    "ban_surge",
+    "config_reload_failed",
+    "slo_availability",
+];
+
+/// A rule's settings: the defaults, overridden by `[[alerts]]`, scaled by `time_scale`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: &'static str,
+    pub enabled: bool,
+    pub severity: String,
+    pub for_: Duration,
+    pub keep_firing_for: Duration,
+    pub threshold: f64,
+    pub window: Duration,
+    pub min_requests: u64,
+    pub labels: BTreeMap<String, String>,
+    pub runbook_url: Option<String>,
+    /// What the rule watches, one line.
+    pub about: &'static str,
+    /// What to do, step by step.
+    pub runbook: &'static str,
+}
+
+struct Default_ {
+    severity: &'static str,
+    for_: u64,
+    keep: u64,
+    threshold: f64,
+    window: u64,
+    min_requests: u64,
+    about: &'static str,
+    runbook: &'static str,
+}
+
+fn defaults(name: &str) -> Default_ {
+    let d = |severity, for_, keep, threshold, window, min_requests, about, runbook| Default_ {
+        severity,
+        for_,
+        keep,
+        threshold,
+        window,
+        min_requests,
+        about,
+        runbook,
+    };
+    match name {
+        "server_down" => d(
+            "warning",
+            30,
+            60,
+            0.0,
+            0,
+            0,
+            "a server is down (health checks failing) or ejected (consecutive 5xx or connection errors)",
+            "1. See which server and why: `curl -s http://ADMIN/api/status` (health_check_up false = checks fail; ejected true = passive ejection).\n2. From the levee host, try the server itself: `curl -v http://SERVER/HEALTH_PATH`.\n3. If it crashed under load, restart it; levee ramps it back in over `slow_start`, it is never flooded on return.\n4. If it must stay out, remove it from the pool in the config and `levee check --config FILE`, then `kill -HUP <levee pid>` (or `curl -X POST http://ADMIN/api/reload`).",
+        ),
+        "pool_degraded" => d(
+            "warning",
+            30,
+            60,
+            0.5,
+            0,
+            0,
+            "fewer than `threshold` (default half) of a pool's servers are healthy",
+            "1. `curl -s http://ADMIN/api/status`: which servers are down and since when (`/api/events`).\n2. The healthy servers now take the whole load, each still capped at `max_concurrency`: watch shedding on the dashboard (`http://ADMIN/`).\n3. Bring servers back (see server_down) or add servers to the pool and reload.\n4. Do not raise `max_concurrency` to compensate unless the servers can take it: the cap is what keeps them alive.",
+        ),
+        "pool_unavailable" => d(
+            "critical",
+            0,
+            60,
+            0.0,
+            0,
+            0,
+            "every server of a pool is down or ejected: its requests get 503 at once",
+            "1. Users of this pool see 503 now. `curl -s http://ADMIN/api/status` shows every server of the pool down.\n2. Check the servers directly (`curl -v http://SERVER/HEALTH_PATH`) and their logs; restart them.\n3. If they crashed under a flood, check for an attack first (attack_suspected, `curl -s http://ADMIN/api/events`): restarting into the same flood fails again.\n4. levee sends traffic again as soon as a server passes `rise` health checks, ramped over `slow_start`.",
+        ),
+        "error_ratio" => d(
+            "critical",
+            60,
+            120,
+            0.05,
+            300,
+            20,
+            "the share of 5xx answers (from servers and levee's own 502/504) in a pool is above `threshold` over `window`",
+            "1. The description names the servers with their error counts: if one server dominates, it is that server (check its logs; levee ejects it after `outlier.consecutive_failures`).\n2. If every server fails, suspect a shared dependency (database, disk) or a bad deploy: roll back.\n3. `levee_rejections_total{reason=~\"upstream_.*\"}` on `/metrics` separates connection failures and timeouts from 5xx the servers sent.\n4. Follow the open incident on the dashboard (`http://ADMIN/`); afterwards `levee postmortem --journal FILE --last`.",
+        ),
+        "latency" => d(
+            "warning",
+            120,
+            120,
+            1.0,
+            300,
+            20,
+            "a pool's p99 request duration (queue wait included) is above `threshold` seconds over `window`",
+            "1. Compare p99 now and the baseline in the description; the dashboard shows p99 per server: one slow server or all?\n2. Queue wait high and in-flight at the cap: the pool is saturated (see saturation).\n3. In-flight below the cap but slow: the servers themselves are slow; check them and their dependencies.\n4. levee never lets a slow server take more than its cap; `least_request` already steers away from it.",
+        ),
+        "saturation" => d(
+            "warning",
+            60,
+            60,
+            0.0,
+            60,
+            0,
+            "a pool is queueing or shedding (503 queue_full / queue_timeout / no_healthy_server) for a while",
+            "1. Is it an attack? Check attack_suspected and the shield panel on the dashboard (`http://ADMIN/`): top sources and subnets.\n2. If the traffic is real, the servers are at their `max_concurrency`: add servers to the pool and reload (`curl -X POST http://ADMIN/api/reload`).\n3. Raise `max_concurrency` only if a load test shows the servers take it (`levee loadtest`); the cap is what kept them up.\n4. Shed requests got 503 + Retry-After at once, lightest clients first: ordinary users are served before heavy ones.",
+        ),
+        "attack_suspected" => d(
+            "critical",
+            0,
+            120,
+            0.0,
+            0,
+            0,
+            "the shield detected a flood: request rate far above its baseline, with the top sources and subnets in the description",
+            "1. Read the description: top sources and /24 subnets with their request counts, current vs baseline rate.\n2. The shield bans sources that stand out automatically; see them with `curl -s http://ADMIN/api/bans` and on the dashboard.\n3. A subnet sending a large share that no user comes from: ban it, `levee ban SUBNET --for 1h` (or POST /api/bans), and consider a permanent `[shield] deny` entry.\n4. Backends stay within their caps whatever the flood; watch saturation and error_ratio for user impact.\n5. Afterwards: `levee postmortem --journal FILE --last`.",
+        ),
+        "ban_surge" => d(
+            "warning",
+            0,
+            60,
+            20.0,
+            60,
+            0,
+            "more than `threshold` bans were added within `window`",
+            "1. Many bans at once usually mean a distributed flood: check attack_suspected and `curl -s http://ADMIN/api/bans`.\n2. If the banned clients are real users (e.g. behind one NAT or a proxy not in `trusted_proxies`), lift the bans (`levee ban --remove CLIENT` or DELETE /api/bans/CLIENT) and fix `trusted_proxies` or the limits.\n3. Otherwise nothing to do: bans expire on their own.",
+        ),
+        "config_reload_failed" => d(
+            "warning",
+            0,
+            0,
+            0.0,
+            0,
+            0,
+            "the last config reload was rejected: levee still serves the previous config",
+            "1. The description lists every problem as file:line:column.\n2. Fix the file, validate it with `levee check --config FILE`, then reload: `kill -HUP <levee pid>` or `curl -X POST http://ADMIN/api/reload`.\n3. The alert resolves on the next successful reload.",
+        ),
+        _ => d(
+            "critical",
+            0,
+            120,
+            0.999,
+            3600,
+            20,
+            "the availability SLO (`threshold`, default 99.9%) burns its error budget too fast: 14.4x over 1h and 5m, or 6x over 6h and 30m",
+            "1. Users are failing at a rate that spends the month's error budget in days: treat it as an incident now.\n2. The description says which windows burn and how fast; failures count 5xx from servers, levee's 502/504 and shed requests (blocked attackers are not users and do not count).\n3. Find the cause among the other firing alerts (pool_unavailable, error_ratio, saturation, attack_suspected) and follow their runbooks.\n4. Afterwards: `levee postmortem --journal FILE --last` drafts the postmortem.",
+        ),
+    }
+}
+
+/// The rules in force: defaults, overrides, scale.
+pub fn rules(overrides: &[AlertOverride], time_scale: f64) -> Vec<Rule> {
+    let scale = |secs: u64| Duration::from_secs_f64(secs as f64 * time_scale);
+    let scaled = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() * time_scale);
+    RULE_NAMES
+        .iter()
+        .map(|&name| {
+            let d = defaults(name);
+            let o = overrides.iter().find(|o| o.name == name);
+            Rule {
+                name,
+                enabled: o.is_none_or(|o| o.enabled),
+                severity: o
+                    .and_then(|o| o.severity.clone())
+                    .unwrap_or_else(|| d.severity.to_string()),
+                for_: o.and_then(|o| o.for_).map_or(scale(d.for_), scaled),
+                keep_firing_for: o
+                    .and_then(|o| o.keep_firing_for)
+                    .map_or(scale(d.keep), scaled),
+                threshold: o.and_then(|o| o.threshold).unwrap_or(d.threshold),
+                window: o.and_then(|o| o.window).map_or(scale(d.window), scaled),
+                min_requests: o.and_then(|o| o.min_requests).unwrap_or(d.min_requests),
+                labels: o.map(|o| o.labels.clone()).unwrap_or_default(),
+                runbook_url: o.and_then(|o| o.runbook_url.clone()),
+                about: d.about,
+                runbook: d.runbook,
+            }
+        })
+        .collect()
+}
+
+/// The runbook of every rule as Markdown (what `levee runbook` prints).
+pub fn runbook_markdown() -> String {
+    let mut out = String::new();
+    for r in rules(&[], 1.0) {
+        let _ = writeln!(
+            out,
+            "### `{}` ({}, for {})\n\nFires when {}.\n\n{}\n",
+            r.name,
+            r.severity,
+            humantime::format_duration(r.for_),
+            r.about,
+            r.runbook
+        );
+    }
+    out
+}
+
+/// What the rules read besides the history.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// The attack in progress (its `attack_started` event), if any.
+    pub attack: Option<Arc<Event>>,
+    /// Unix seconds of recent `ban_added` events, with the client.
+    pub bans: std::collections::VecDeque<(u64, String)>,
+    /// The last reload, when it was rejected.
+    pub reload_rejected: Option<Arc<Event>>,
+    /// Admin address, for runbooks.
+    pub admin: String,
+    pub now: u64,
+}
+
+/// One instance of a rule whose condition holds now.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub labels: BTreeMap<String, String>,
+    pub summary: String,
+    pub description: String,
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 * 100.0 / b as f64
+    }
+}
+
+fn hit(pairs: &[(&str, &str)], summary: String, description: String) -> Hit {
+    Hit {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        summary,
+        description,
+    }
+}
+
+/// Evaluates one rule: the instances whose condition holds now.
+pub fn evaluate(rule: &Rule, h: &History, cx: &Context) -> Vec<Hit> {
+    let Some(now) = h.latest() else {
+        return Vec::new();
+    };
+    let w = rule.window.as_secs().max(1);
+    let mut out = Vec::new();
+    match rule.name {
+        "server_down" => {
+            for p in &now.pools {
+                for s in p.servers.iter().filter(|s| !s.up) {
+                    let why = if s.ejected {
+                        "ejected after consecutive failures (passive health)"
+                    } else {
+                        "failing its health checks"
+                    };
+                    out.push(hit(
+                        &[("pool", &p.name), ("server", &s.name)],
+                        format!("server {} of pool {} is down", s.name, p.name),
+                        format!(
+                            "Server {} of pool {} is {why}. The pool has {} of {} servers healthy; it answered {} requests ({} 5xx) since levee started.",
+                            s.name, p.name, p.healthy(), p.servers.len(), s.requests, s.errors
+                        ),
+                    ));
+                }
+            }
+        }
+        "pool_degraded" | "pool_unavailable" => {
+            for p in &now.pools {
+                let n = p.servers.len();
+                let up = p.healthy();
+                let frac = if n == 0 { 0.0 } else { up as f64 / n as f64 };
+                let fires = if rule.name == "pool_unavailable" {
+                    up == 0 && n > 0
+                } else {
+                    up > 0 && frac < rule.threshold
+                };
+                if fires {
+                    let down: Vec<&str> = p
+                        .servers
+                        .iter()
+                        .filter(|s| !s.up)
+                        .map(|s| &*s.name)
+                        .collect();
+                    let shed = h.pool_window(&p.name, 60).shed;
+                    out.push(hit(
+                        &[("pool", &p.name)],
+                        format!("pool {} has {up} of {n} servers healthy", p.name),
+                        format!(
+                            "Pool {}: {up} of {n} servers healthy ({:.0}%); down or ejected: {}. {shed} requests shed in the last minute.",
+                            p.name, frac * 100.0, down.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        "error_ratio" => {
+            for p in &now.pools {
+                let d = h.pool_window(&p.name, w);
+                let ratio = if d.requests == 0 {
+                    0.0
+                } else {
+                    d.errors as f64 / d.requests as f64
+                };
+                if d.requests >= rule.min_requests.max(1) && ratio > rule.threshold {
+                    let before = h.ago(w);
+                    let mut by_server = Vec::new();
+                    for s in &p.servers {
+                        let prev = before
+                            .and_then(|b| b.pools.iter().find(|x| x.name == p.name))
+                            .and_then(|bp| bp.servers.iter().find(|x| x.name == s.name));
+                        let (r0, e0) = prev.map_or((0, 0), |x| (x.requests, x.errors));
+                        let (r, e) = (s.requests.saturating_sub(r0), s.errors.saturating_sub(e0));
+                        if e > 0 {
+                            by_server.push((e, format!("{}: {e} of {r}", s.name)));
+                        }
+                    }
+                    by_server.sort_by_key(|x| std::cmp::Reverse(x.0));
+                    let list: Vec<String> = by_server.into_iter().map(|x| x.1).collect();
+                    out.push(hit(
+                        &[("pool", &p.name)],
+                        format!("{:.1}% of requests to pool {} fail with 5xx", ratio * 100.0, p.name),
+                        format!(
+                            "Pool {}: {} of {} requests answered 5xx in the last {}s ({:.1}%, threshold {:.1}%). By server: {}.",
+                            p.name, d.errors, d.requests, d.secs, ratio * 100.0, rule.threshold * 100.0,
+                            if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                        ),
+                    ));
+                }
+            }
+        }
+        "latency" => {
+            for p in &now.pools {
+                let d = h.pool_window(&p.name, w);
+                let Some(p99) = d.p99() else { continue };
+                if d.requests >= rule.min_requests.max(1) && p99 > rule.threshold {
+                    let base = h.pool_window(&p.name, 2 * w);
+                    let base_b = super::latency::sub(&base.latency, &d.latency);
+                    let baseline = super::latency::quantile(&base_b, 0.99)
+                        .map_or("unknown".to_string(), |v| format!("{v}s"));
+                    out.push(hit(
+                        &[("pool", &p.name)],
+                        format!("pool {} p99 is {p99}s", p.name),
+                        format!(
+                            "Pool {}: p99 {p99}s over the last {}s ({} requests), threshold {}s; the window before: {baseline}. Queue depth now {} of {}.",
+                            p.name, d.secs, d.requests, rule.threshold, p.queue_depth, p.queue_size
+                        ),
+                    ));
+                }
+            }
+        }
+        "saturation" => {
+            for p in &now.pools {
+                let d = h.pool_window(&p.name, w);
+                if d.shed as f64 > rule.threshold || p.queue_depth > 0 {
+                    let in_flight: u64 = p.servers.iter().map(|s| s.in_flight).sum();
+                    let cap: u64 = p.servers.iter().map(|s| s.cap).sum();
+                    out.push(hit(
+                        &[("pool", &p.name)],
+                        format!("pool {} is saturated: {} requests shed in {}s", p.name, d.shed, d.secs),
+                        format!(
+                            "Pool {}: {} requests shed in the last {}s ({:.1}% of {}), queue {} of {}, in flight {in_flight} of a total cap of {cap}.",
+                            p.name, d.shed, d.secs, pct(d.shed, d.requests + d.shed), d.requests + d.shed, p.queue_depth, p.queue_size
+                        ),
+                    ));
+                }
+            }
+        }
+        "attack_suspected" => {
+            if let Some(e) = &cx.attack {
+                out.push(attack_hit(e));
+            }
+        }
+        "ban_surge" => {
+            let since = cx.now.saturating_sub(w);
+            let recent: Vec<&String> = cx
+                .bans
+                .iter()
+                .filter(|b| b.0 > since)
+                .map(|b| &b.1)
+                .collect();
+            if recent.len() as f64 > rule.threshold {
+                let sample: Vec<&str> = recent.iter().take(10).map(|s| s.as_str()).collect();
+                out.push(hit(
+                    &[],
+                    format!("{} bans added in {w}s", recent.len()),
+                    format!(
+                        "{} clients were banned in the last {w}s (threshold {}), e.g. {}.",
+                        recent.len(),
+                        rule.threshold,
+                        sample.join(", ")
+                    ),
+                ));
+            }
+        }
+        "config_reload_failed" => {
+            if let Some(e) = &cx.reload_rejected {
+                let problems: Vec<String> = e
+                    .data
+                    .get("problems")
+                    .and_then(|p| p.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(hit(
+                    &[],
+                    "config reload rejected; the previous config keeps serving".into(),
+                    format!("{} Problems: {}", e.message, problems.join("; ")),
+                ));
+            }
+        }
+        _ => out.extend(slo(rule, h)),
+    }
+    for x in &mut out {
+        x.labels.insert("alertname".into(), rule.name.into());
+        x.labels.insert("severity".into(), rule.severity.clone());
+        for (k, v) in &rule.labels {
+            x.labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    out
+}
+
+fn attack_hit(e: &Event) -> Hit {
+    let d = &e.data;
+    let f = |k: &str| d.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let list = |k: &str, name: &str| -> String {
+        d.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .take(5)
+                    .map(|x| {
+                        format!(
+                            "{} ({} requests)",
+                            x.get(name).and_then(|v| v.as_str()).unwrap_or("?"),
+                            x.get("count").and_then(|v| v.as_u64()).unwrap_or(0)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let pool = e.pool.clone().unwrap_or_default();
+    let mut labels = vec![];
+    if !pool.is_empty() {
+        labels.push(("pool", pool.as_str()));
+    }
+    hit(
+        &labels,
+        format!(
+            "attack suspected: {:.0} requests/s against a baseline of {:.0}/s from {} sources",
+            f("peak_rps"),
+            f("baseline_rps"),
+            f("sources")
+        ),
+        format!(
+            "{} Rate {:.0}/s vs baseline {:.0}/s; {} distinct sources. Top sources: {}. Top subnets: {}. Top paths: {}.",
+            e.message,
+            f("peak_rps"),
+            f("baseline_rps"),
+            f("sources"),
+            list("top_sources", "client"),
+            list("top_subnets", "subnet"),
+            list("top_paths", "path")
+        ),
+    )
+}
+
+fn slo(rule: &Rule, h: &History) -> Option<Hit> {
+    let objective = rule.threshold.clamp(0.0, 0.999_999);
+    let budget = 1.0 - objective;
+    // Windows are scaled like every other window: `rule.window` is the scaled 1h.
+    let hour = rule.window.as_secs_f64().max(1.0);
+    let burn = |secs: f64| {
+        let d = h.window(secs.round().max(1.0) as u64);
+        let total = d.served_or_failed();
+        if total < rule.min_requests.max(1) {
+            return (0.0, d);
+        }
+        ((d.failed() as f64 / total as f64) / budget, d)
+    };
+    let pairs = [
+        (hour, hour / 12.0, 14.4, "1h/5m"),
+        (hour * 6.0, hour / 2.0, 6.0, "6h/30m"),
+    ];
+    for (long, short, factor, name) in pairs {
+        let (bl, dl) = burn(long);
+        let (bs, _) = burn(short);
+        if bl > factor && bs > factor {
+            return Some(hit(
+                &[("window", name)],
+                format!(
+                    "availability SLO {:.2}% burning {bl:.1}x too fast",
+                    objective * 100.0
+                ),
+                format!(
+                    "Over the long window ({}s) {} of {} requests failed ({:.2}%): burn rate {bl:.1}x (short window {bs:.1}x), above {factor}x. At this rate the 30-day error budget lasts {:.1} days.",
+                    dl.secs,
+                    dl.failed(),
+                    dl.served_or_failed(),
+                    pct(dl.failed(), dl.served_or_failed()),
+                    30.0 / bl
+                ),
+            ));
+        }
+    }
+    None
+}
