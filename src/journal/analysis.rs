@@ -38,12 +38,21 @@ pub fn conclude(r: &mut Report, events: &[EventRow]) {
             sh.baseline_rps
         );
         if let Some((net, n)) = sh.top_subnets.first() {
-            c.push_str(&format!(
-                " The top subnet {net} sent {} requests as counted by the shield ({:.0}% of the {} requests levee received during the incident).",
-                thousands(*n),
-                pct(*n, i.requests_total).min(100.0),
-                thousands(i.requests_total)
-            ));
+            // The shield counts over its own detection window: a share of the incident's
+            // requests is stated only when it can be true.
+            if *n <= i.requests_total {
+                c.push_str(&format!(
+                    " The top subnet {net} sent {} requests as counted by the shield ({:.0}% of the {} requests levee received during the incident).",
+                    thousands(*n),
+                    pct(*n, i.requests_total),
+                    thousands(i.requests_total)
+                ));
+            } else {
+                c.push_str(&format!(
+                    " The top subnet {net} sent {} requests as counted by the shield's detector.",
+                    thousands(*n)
+                ));
+            }
         }
         cause.push(c);
     }
@@ -134,11 +143,13 @@ pub fn conclude(r: &mut Report, events: &[EventRow]) {
     r.resolution = res;
 
     let mut m = Vec::new();
+    let attack_total: u64 = sh.top_subnets.iter().map(|x| x.1).sum();
     for (net, n) in &sh.top_subnets {
-        if pct(*n, i.requests_total) >= 20.0 {
+        // A range worth a permanent deny: a fifth or more of what the shield counted.
+        if pct(*n, attack_total.max(i.requests_total.min(attack_total))) >= 20.0 {
             m.push(format!(
-                "Consider a permanent deny for {net} (`[shield] deny`) if no legitimate user comes from it: it sent {:.0}% of the incident's requests.",
-                pct(*n, i.requests_total).min(100.0)
+                "Consider a permanent deny for {net} (`[shield] deny`) if no legitimate user comes from it: the shield counted {} requests from it.",
+                thousands(*n)
             ));
         }
     }

@@ -27,7 +27,10 @@ fn dur(secs: i64) -> String {
 }
 
 fn p99(v: Option<f64>) -> String {
-    v.map_or("no requests".into(), |s| format!("{:.0} ms", s * 1000.0))
+    // Histogram buckets give an upper bound, never an optimistic figure.
+    v.map_or("n/a (no requests)".into(), |s| {
+        format!("≤ {:.0} ms", s * 1000.0)
+    })
 }
 
 /// The Markdown draft.
@@ -89,7 +92,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## Timeline\n");
     let _ = writeln!(o, "All times UTC.\n");
     for t in &r.timeline {
-        let at = if t.count > 1 {
+        let at = if t.count > 1 && t.until_ms / 1000 != t.t_ms / 1000 {
             format!("{} – {}", clock(t.t_ms), clock(t.until_ms))
         } else {
             clock(t.t_ms)
