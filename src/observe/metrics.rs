@@ -118,6 +118,8 @@ pub struct Metrics {
     queue_wait: Family<Labels, Latency>,
     pool_rejections: Family<Labels, Counter>,
     alerts_firing: Family<Labels, Gauge>,
+    route_requests: Family<Labels, Counter>,
+    route_duration: Family<Labels, Latency>,
     rejections: Vec<Counter>,
     retries: Family<Labels, Counter>,
     retry_budget_exhausted: Family<Labels, Counter>,
@@ -152,6 +154,27 @@ impl ServerCounters {
     pub fn totals(&self) -> (u64, u64) {
         let all = self.by_class.iter().map(Counter::get).sum();
         (all, self.by_class[4].get())
+    }
+}
+
+/// Per-route handles, resolved when a config is applied (`Snapshot::routes`).
+#[derive(Debug, Clone)]
+pub struct RouteCounters {
+    /// Index 0..5 = 1xx..5xx.
+    pub by_class: [Counter; 5],
+    pub duration: Latency,
+}
+
+impl RouteCounters {
+    /// Counts one answer (no allocation).
+    pub fn record(&self, status: u16, secs: f64) {
+        if let Some(c) = self
+            .by_class
+            .get(usize::from(status / 100).saturating_sub(1))
+        {
+            c.inc();
+        }
+        self.duration.observe(secs);
     }
 }
 
@@ -228,6 +251,18 @@ impl Metrics {
             "Alert instances firing now, by alert rule and severity",
             alerts_firing.clone(),
         );
+        let route_requests = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_route_requests",
+            "Requests per route (host and path prefix as configured) by status class, levee's own answers included",
+            route_requests.clone(),
+        );
+        let route_duration = Family::<Labels, Latency>::default();
+        reg.register(
+            "levee_route_request_duration_seconds",
+            "Time from request head to response head, per route",
+            route_duration.clone(),
+        );
         reg.register_collector(Box::new(super::process::ProcessCollector::default()));
         let rej = Family::<Labels, Counter>::default();
         reg.register(
@@ -298,6 +333,8 @@ impl Metrics {
             queue_wait,
             pool_rejections,
             alerts_firing,
+            route_requests,
+            route_duration,
             rejections,
             retries,
             retry_budget_exhausted,
@@ -383,6 +420,34 @@ impl Metrics {
                 ("severity", severity.to_string()),
             ])
             .clone()
+    }
+
+    /// Handles for every route of a config, in its order.
+    pub fn route_counters_for(&self, cfg: &crate::config::Config) -> Vec<RouteCounters> {
+        cfg.routes
+            .iter()
+            .map(|r| {
+                let name = format!("{}{}", r.host.as_deref().unwrap_or(""), r.path_prefix);
+                let class = |c: &str| {
+                    self.route_requests
+                        .get_or_create(&vec![("route", name.clone()), ("class", c.to_string())])
+                        .clone()
+                };
+                RouteCounters {
+                    by_class: [
+                        class("1xx"),
+                        class("2xx"),
+                        class("3xx"),
+                        class("4xx"),
+                        class("5xx"),
+                    ],
+                    duration: self
+                        .route_duration
+                        .get_or_create(&vec![("route", name.clone())])
+                        .clone(),
+                }
+            })
+            .collect()
     }
 
     /// Handles for a pool.

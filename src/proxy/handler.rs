@@ -27,6 +27,8 @@ struct Ctx {
     uri: Uri,
     request_id: HeaderValue,
     pool: Option<Arc<str>>,
+    /// Index of the matched route (its metric handles are in `Snapshot::routes`).
+    route: Option<usize>,
 }
 
 /// Handles one client request.
@@ -55,6 +57,7 @@ pub async fn handle(
         uri: req.uri().clone(),
         request_id,
         pool: None,
+        route: None,
     };
 
     let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
@@ -94,13 +97,14 @@ pub async fn handle(
         .or_else(|| req.uri().host())
         .map(strip_port);
     let path = req.uri().path();
-    let route = cfg.routes.iter().find(|r| {
+    let route = cfg.routes.iter().position(|r| {
         r.host
             .as_deref()
             .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
             && path.starts_with(r.path_prefix.as_str())
     });
-    let Some(route) = route else {
+    ctx.route = route;
+    let Some(route) = route.and_then(|i| cfg.routes.get(i)) else {
         return Ok(finish_local(
             &shared,
             &snap,
@@ -409,6 +413,9 @@ fn respond(
     let took = ctx.start.elapsed().as_secs_f64();
     pool.counters.duration.observe(took);
     server.counters.duration.observe(took);
+    if let Some(r) = ctx.route.and_then(|i| snap.routes.get(i)) {
+        r.record(status, took);
+    }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     let mut body = RespBody::upstream(body);
     let log = snap.access_log.clone().map(|l| {
@@ -464,6 +471,9 @@ fn finish_local(
     msg: &'static str,
 ) -> Response<RespBody> {
     shared.metrics.reject(reason);
+    if let Some(r) = ctx.route.and_then(|i| snap.routes.get(i)) {
+        r.record(status.as_u16(), ctx.start.elapsed().as_secs_f64());
+    }
     let mut body = RespBody::full(msg);
     let log = snap
         .access_log

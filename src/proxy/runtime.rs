@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub pools: Vec<Arc<PoolShared>>,
     pub access_log: Option<AccessLogger>,
     pub generation: u64,
+    /// Per-route metric handles, same order as `cfg.routes`.
+    pub routes: Vec<crate::observe::metrics::RouteCounters>,
 }
 
 /// Process-wide state shared by the listener, the admin API and the health checkers.
@@ -57,6 +59,7 @@ impl Shared {
         let access_log = AccessLogger::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
+                routes: metrics.route_counters_for(&cfg),
                 cfg: Arc::new(cfg),
                 pools,
                 access_log,
@@ -130,6 +133,7 @@ impl Shared {
         };
         let generation = old.generation + 1;
         self.snapshot.store(Arc::new(Snapshot {
+            routes: self.metrics.route_counters_for(&cfg),
             cfg: Arc::new(cfg),
             pools,
             access_log,
