@@ -206,7 +206,7 @@ pub fn runbook_markdown() -> String {
     for r in rules(&[], 1.0) {
         let _ = writeln!(
             out,
-            "### `{}` ({}, for {})\n\nFires when {}.\n\n{}\n",
+            "#### `{}` ({}, for {})\n\nFires when {}.\n\n{}\n",
             r.name,
             r.severity,
             humantime::format_duration(r.for_),
