@@ -148,6 +148,7 @@ enabled = false
         assert!(md.contains("2 sources banned automatically"), "{md}");
         assert!(md.contains("permanent deny for 203.0.113.0/24"), "{md}");
         assert!(md.contains(&format!("{shed} requests were shed")), "{md}");
+        assert!(md.contains("shedding_started") && md.contains("shedding_ended"), "{md}");
         if std::env::var("LEVEE_SHOW_POSTMORTEM").is_ok() {
             eprintln!("{md}");
         }

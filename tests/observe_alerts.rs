@@ -217,3 +217,89 @@ fn alert_and_notifier_sections_are_validated_with_locations() {
     assert_eq!(c.observe.alerts[0].threshold, Some(0.5));
     assert!(c.observe.journal.is_none());
 }
+
+/// A receiver that answers 500 to the first `fail` deliveries, then 200.
+async fn flaky_receiver(fail: usize) -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let a = answers.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let a = a.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let a = a.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        let mut v = a.lock().unwrap();
+                        let status = if v.len() < fail { 500 } else { 200 };
+                        v.push(status);
+                        let mut r = http::Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_and_the_command_notifier_gets_the_json_on_stdin() {
+    bounded(Duration::from_secs(30), async {
+        let b = fast_backend().await;
+        let (hook, answers) = flaky_receiver(2).await;
+        let dir = std::env::temp_dir().join(format!("levee-notify-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("alert.json");
+        let tail = format!(
+            r#"
+[[notifiers]]
+name = "flaky"
+kind = "webhook"
+url = "http://{hook}/"
+send_resolved = false
+[[notifiers]]
+name = "script"
+kind = "command"
+command = ["sh", "-c", "cat > {}"]
+send_resolved = false
+[[notifiers]]
+name = "log"
+kind = "log"
+"#,
+            out.display()
+        );
+        let l = levee(&config_full(&[b.addr()], "", &tail)).await;
+        l.shared.events.publish(
+            Event::new(EventKind::AttackStarted, "flood")
+                .data(serde_json::json!({"peak_rps": 900.0, "baseline_rps": 10.0, "sources": 12, "top_sources": [], "top_subnets": [{"subnet": "198.51.100.0/24", "count": 800}], "top_paths": []})),
+        );
+        wait_until(Duration::from_secs(15), "delivered after two failures", || {
+            answers.lock().unwrap().as_slice() == [500, 500, 200]
+        })
+        .await;
+        wait_until(Duration::from_secs(10), "the command ran", || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.ends_with('}'))
+        })
+        .await;
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(doc["receiver"], "script");
+        assert_eq!(doc["alerts"][0]["labels"]["alertname"], "attack_suspected");
+        assert!(doc["alerts"][0]["annotations"]["description"].as_str().unwrap().contains("198.51.100.0/24 (800 requests)"));
+        wait_for(Duration::from_secs(5), "delivery counted", || async {
+            let d = admin_json(&l, "/api/dashboard").await;
+            d["notifications"]["delivered"].as_u64() == Some(3)
+        })
+        .await;
+        l.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

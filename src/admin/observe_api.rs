@@ -20,7 +20,7 @@ pub async fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &st
     let get = method == Method::GET;
     let r = match path {
         "/" | "/dashboard" if get => text(DASHBOARD, "text/html; charset=utf-8"),
-        "/api/dashboard" if get => json_resp(StatusCode::OK, &dashboard(shared)),
+        "/api/dashboard" if get => json_resp(StatusCode::OK, &dashboard(shared).await),
         "/api/events" if get => {
             let limit = param(query, "limit").unwrap_or(100).clamp(1, 500);
             let events = shared.observe.recent_events(limit as usize);
@@ -163,8 +163,23 @@ fn p99_ms(b: &latency::Buckets) -> Value {
     latency::quantile(b, 0.99).map_or(Value::Null, |s| json!(s * 1000.0))
 }
 
+/// The open incident's headline figures, read from the journal off the runtime threads.
+async fn open_incident(shared: &Shared) -> Option<Value> {
+    let path = shared.observe.journal.get()?.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = store::open_read(&path).ok()?;
+        let inc = store::open_incident(&c).ok()??;
+        let r = report::build(&c, &inc).ok()?;
+        Some(json!({ "id": r.id, "title": r.title, "start_ms": r.start_ms, "duration_secs": r.duration_secs, "impact": r.impact }))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// The `/api/dashboard` document.
-pub fn dashboard(shared: &Arc<Shared>) -> Value {
+pub async fn dashboard(shared: &Arc<Shared>) -> Value {
+    let open_incident = open_incident(shared).await;
     let obs = &shared.observe;
     let (pools, series, totals) = match obs.history.lock() {
         Ok(h) => pools_and_series(&h),
@@ -173,12 +188,6 @@ pub fn dashboard(shared: &Arc<Shared>) -> Value {
     let shield = obs.shield.lock().map(|s| s.clone()).unwrap_or_default();
     let mut bans: Vec<&Arc<crate::events::Event>> = shield.bans.values().collect();
     bans.sort_by_key(|e| std::cmp::Reverse(e.time));
-    let open_incident = obs.journal.get().and_then(|j| {
-        let c = store::open_read(&j.path).ok()?;
-        let inc = store::open_incident(&c).ok()??;
-        let r = report::build(&c, &inc).ok()?;
-        Some(json!({ "id": r.id, "title": r.title, "start_ms": r.start_ms, "duration_secs": r.duration_secs, "impact": r.impact }))
-    });
     json!({
         "time_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         "generation": shared.snapshot.load().generation,

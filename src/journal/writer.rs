@@ -285,3 +285,56 @@ fn incident_step(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_at_most_max_events_and_nothing_older_than_max_age() {
+        let dir = std::env::temp_dir().join(format!(
+            "levee-jret-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = JournalCfg {
+            path: dir.join("j.db"),
+            max_age: Duration::from_secs(3600),
+            max_events: 10,
+            sync_full: false,
+        };
+        let conn = store::open_write(&cfg.path, false).unwrap();
+        let mut w = Writer {
+            conn,
+            cfg: cfg.clone(),
+            quiet: Duration::from_secs(1),
+            open: None,
+        };
+        let mut batch: Vec<Msg> = Vec::new();
+        let mut old = Event::new(EventKind::ServerDown, "long ago");
+        old.time = SystemTime::now() - Duration::from_secs(7200);
+        batch.push(Msg::Event(Arc::new(old)));
+        for i in 0..25 {
+            batch.push(Msg::Event(Arc::new(Event::new(
+                EventKind::BanAdded,
+                format!("ban {i}"),
+            ))));
+        }
+        w.commit(&mut batch).unwrap();
+        w.retention().unwrap();
+        let n: i64 = w
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 10);
+        let oldest: String = w
+            .conn
+            .query_row("SELECT message FROM events ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(oldest, "ban 15");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -237,3 +237,92 @@ fn publish(
     e.data["state"] = json!(status);
     bus.publish(e);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn hit() -> Hit {
+        Hit {
+            labels: [
+                ("alertname", "server_down"),
+                ("server", "a:1"),
+                ("pool", "web"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            summary: "down".into(),
+            description: "down".into(),
+        }
+    }
+
+    fn drain(rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>) -> Vec<EventKind> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            v.push(e.kind);
+        }
+        v
+    }
+
+    #[test]
+    fn pending_then_firing_and_a_flickering_condition_does_not_flap() {
+        let bus = EventBus::default();
+        let mut rx = bus.subscribe();
+        let mut rule = super::super::rules::rules(&[], 1.0)
+            .into_iter()
+            .find(|r| r.name == "server_down")
+            .unwrap();
+        rule.for_ = Duration::from_secs(2);
+        rule.keep_firing_for = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut a = Alerts::default();
+        a.update(&rule, vec![hit()], at(0), &bus, "http://x", "admin");
+        assert_eq!(drain(&mut rx), vec![EventKind::AlertPending]);
+        a.update(&rule, vec![hit()], at(1), &bus, "http://x", "admin");
+        assert!(drain(&mut rx).is_empty(), "still pending");
+        a.update(&rule, vec![hit()], at(2), &bus, "http://x", "admin");
+        assert_eq!(drain(&mut rx), vec![EventKind::AlertFiring]);
+        // Clear, back, clear: within keep_firing_for nothing changes.
+        a.update(&rule, vec![], at(3), &bus, "http://x", "admin");
+        a.update(&rule, vec![hit()], at(4), &bus, "http://x", "admin");
+        a.update(&rule, vec![], at(5), &bus, "http://x", "admin");
+        a.update(&rule, vec![], at(13), &bus, "http://x", "admin");
+        assert!(drain(&mut rx).is_empty(), "no flapping");
+        assert_eq!(a.firing_counts().values().sum::<i64>(), 1);
+        a.update(&rule, vec![], at(14), &bus, "http://x", "admin");
+        assert_eq!(drain(&mut rx), vec![EventKind::AlertResolved]);
+        assert!(a.list().is_empty());
+        // A pending alert whose condition clears is dropped silently.
+        a.update(&rule, vec![hit()], at(20), &bus, "http://x", "admin");
+        a.update(&rule, vec![], at(21), &bus, "http://x", "admin");
+        assert_eq!(drain(&mut rx), vec![EventKind::AlertPending]);
+        assert!(a.list().is_empty());
+    }
+
+    #[test]
+    fn runbook_names_the_admin_address_and_fingerprints_are_stable() {
+        let bus = EventBus::default();
+        let rule = super::super::rules::rules(&[], 1.0)
+            .into_iter()
+            .find(|r| r.name == "pool_unavailable")
+            .unwrap();
+        let mut a = Alerts::default();
+        a.update(
+            &rule,
+            vec![hit()],
+            Instant::now(),
+            &bus,
+            "http://x",
+            "127.0.0.1:9090",
+        );
+        let i = &a.list()[0];
+        assert!(i.runbook.contains("http://127.0.0.1:9090/api/status"));
+        assert_eq!(fingerprint(&hit().labels), fingerprint(&hit().labels));
+        let j = i.to_json("firing", None, "http://x");
+        assert_eq!(j["endsAt"], "0001-01-01T00:00:00Z");
+        assert_eq!(j["fingerprint"], fingerprint(&i.labels));
+    }
+}

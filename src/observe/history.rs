@@ -166,6 +166,11 @@ pub fn sample(shared: &Shared) -> Sample {
     }
 }
 
+/// Seconds for which per-pool and per-server detail is kept; older samples keep the totals
+/// only, so six hours of history cost little memory however many servers there are. Pool and
+/// server windows are capped at this length.
+pub const DETAIL_SECS: usize = 900;
+
 /// The ring buffer.
 #[derive(Debug)]
 pub struct History {
@@ -187,6 +192,15 @@ impl History {
             self.samples.pop_front();
         }
         self.samples.push_back(Arc::new(s));
+        let n = self.samples.len();
+        if n > DETAIL_SECS
+            && let Some(old) = self.samples.get_mut(n - 1 - DETAIL_SECS)
+            && !old.pools.is_empty()
+        {
+            let mut stripped = Sample::clone(old);
+            stripped.pools = Vec::new();
+            *old = Arc::new(stripped);
+        }
     }
 
     pub fn latest(&self) -> Option<&Arc<Sample>> {
@@ -218,8 +232,9 @@ impl History {
         }
     }
 
-    /// Totals of one pool over the last `secs` seconds.
+    /// Totals of one pool over the last `secs` seconds (at most [`DETAIL_SECS`]).
     pub fn pool_window(&self, pool: &str, secs: u64) -> Delta {
+        let secs = secs.min(DETAIL_SECS as u64 - 1);
         let (Some(a), Some(b)) = (self.latest(), self.ago(secs)) else {
             return Delta::default();
         };
@@ -263,5 +278,49 @@ pub fn delta(a: &Sample, b: &Sample) -> Delta {
         shed: b.shed.saturating_sub(a.shed),
         blocked: b.blocked.saturating_sub(a.blocked),
         latency: latency::sub(&b.latency, &a.latency),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: u64, requests: u64) -> Sample {
+        Sample {
+            t,
+            requests,
+            errors: 0,
+            upstream_errors: 0,
+            shed: 0,
+            blocked: 0,
+            open_connections: 0,
+            latency: [0; NB],
+            pools: vec![PoolSample {
+                name: "web".into(),
+                requests,
+                errors: 0,
+                shed: 0,
+                queue_depth: 0,
+                queue_size: 0,
+                servers: Vec::new(),
+                latency: [0; NB],
+            }],
+        }
+    }
+
+    #[test]
+    fn windows_are_differences_and_old_detail_is_dropped() {
+        let mut h = History::new(DETAIL_SECS + 100);
+        for t in 0..(DETAIL_SECS as u64 + 50) {
+            h.push(sample(t, t * 10));
+        }
+        assert_eq!(h.window(10).requests, 100);
+        assert_eq!(h.window(10).secs, 10);
+        assert_eq!(h.pool_window("web", 10).requests, 100);
+        // A pool window longer than the detail kept is capped, never "since start".
+        let long = h.pool_window("web", 5000);
+        assert_eq!(long.requests, (DETAIL_SECS as u64 - 1) * 10);
+        assert!(h.ago(DETAIL_SECS as u64 + 10).unwrap().pools.is_empty());
+        assert_eq!(h.window(5000).requests, (DETAIL_SECS as u64 + 49) * 10);
     }
 }

@@ -531,3 +531,84 @@ fn slo(rule: &Rule, h: &History) -> Option<Hit> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::history::Sample;
+    use crate::observe::latency::NB;
+
+    fn history(per_sec: &[(u64, u64)]) -> History {
+        let mut h = History::new(30_000);
+        let (mut req, mut err) = (0, 0);
+        for (t, (r, e)) in per_sec.iter().enumerate() {
+            req += r;
+            err += e;
+            h.push(Sample {
+                t: t as u64,
+                requests: req,
+                errors: err,
+                upstream_errors: 0,
+                shed: 0,
+                blocked: 0,
+                open_connections: 0,
+                latency: [0; NB],
+                pools: Vec::new(),
+            });
+        }
+        h
+    }
+
+    fn slo_rule(scale: f64) -> Rule {
+        rules(&[], scale)
+            .into_iter()
+            .find(|r| r.name == "slo_availability")
+            .unwrap()
+    }
+
+    #[test]
+    fn slo_fires_on_a_fast_burn_over_both_windows_only() {
+        // time_scale 0.01: 1h = 36 s, 5m = 3 s, 6h = 216 s, 30m = 18 s.
+        let rule = slo_rule(0.01);
+        let cx = Context::default();
+        // 2% failures for 60 s: burn 20x over both 36 s and 3 s.
+        let h = history(&vec![(100, 2); 60]);
+        let hits = evaluate(&rule, &h, &cx);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].labels["window"], "1h/5m");
+        assert!(
+            hits[0].description.contains("burn rate 20.0x"),
+            "{}",
+            hits[0].description
+        );
+        // The same burst, then 30 clean seconds: both short windows are clean, no alert.
+        let mut v = vec![(100, 2); 60];
+        v.extend(vec![(100, 0); 30]);
+        assert!(evaluate(&rule, &history(&v), &cx).is_empty());
+        // 0.05% failures: within budget.
+        assert!(evaluate(&rule, &history(&vec![(2000, 1); 60]), &cx).is_empty());
+        // 0.8% for a long time: 8x, the 6h/30m pair fires, not the 1h/5m one.
+        let hits = evaluate(&rule, &history(&vec![(1000, 8); 300]), &cx);
+        assert_eq!(hits[0].labels["window"], "6h/30m");
+    }
+
+    #[test]
+    fn overrides_and_scale_apply() {
+        let o = crate::config::observe::AlertOverride {
+            name: "latency".into(),
+            enabled: true,
+            threshold: Some(0.25),
+            for_: Some(Duration::from_secs(100)),
+            ..Default::default()
+        };
+        let r = rules(&[o], 0.5);
+        let l = r.iter().find(|r| r.name == "latency").unwrap();
+        assert_eq!(l.threshold, 0.25);
+        assert_eq!(l.for_, Duration::from_secs(50));
+        assert_eq!(l.window, Duration::from_secs(150));
+        let md = runbook_markdown();
+        for n in RULE_NAMES {
+            assert!(md.contains(&format!("`{n}`")));
+        }
+    }
+}

@@ -109,6 +109,10 @@ impl Shared {
                 old.cfg.admin.bind, cfg.admin.bind
             ));
         }
+        let (new_j, old_j) = (&cfg.observe.journal, &old.cfg.observe.journal);
+        if new_j.as_ref().map(|j| &j.path) != old_j.as_ref().map(|j| &j.path) {
+            warnings.push("journal.path changed: takes effect on restart".to_string());
+        }
         let by_name: HashMap<&str, &Arc<PoolShared>> =
             old.pools.iter().map(|p| (&*p.name, p)).collect();
         let pools = cfg
