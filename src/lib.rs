@@ -13,3 +13,4 @@ pub mod events;
 pub mod health;
 pub mod observe;
 pub mod proxy;
+pub mod shield;

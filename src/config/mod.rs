@@ -5,6 +5,8 @@
 //! into [`Config`] and reports every problem at once, not the first only.
 
 mod raw;
+pub mod shield;
+
 pub mod units;
 mod validate;
 
@@ -26,6 +28,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Routes, most specific first (host before no host, then longest prefix).
     pub routes: Vec<Route>,
+    /// `[shield]`.
+    pub shield: shield::Shield,
 }
 
 /// `[listener]`, validated.

@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// Routes from host / path prefix to a pool. Optional when there is exactly one pool.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// The shield: per-client limits, slow-client defence, bans, attack detection.
+    #[serde(default)]
+    pub shield: super::shield::RawShield,
 }
 
 /// `[listener]`

@@ -218,10 +218,18 @@ pub(super) fn validate(
             .then(y.path_prefix.len().cmp(&x.path_prefix.len()))
     });
 
+    let shield = match super::shield::validate(&raw.shield, text, base_dir) {
+        Ok(s) => Some(s),
+        Err(p) => {
+            cx.problems.extend(p);
+            None
+        }
+    };
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    let (Some(listener_bind), Some(admin_bind)) = (listener_bind, admin_bind) else {
+    let (Some(listener_bind), Some(admin_bind), Some(shield)) = (listener_bind, admin_bind, shield)
+    else {
         return Err(cx.problems);
     };
     Ok(Config {
@@ -244,6 +252,7 @@ pub(super) fn validate(
         access_log,
         pools,
         routes,
+        shield,
     })
 }
 

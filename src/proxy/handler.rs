@@ -22,7 +22,12 @@ use std::time::{Instant, SystemTime};
 /// What one request carries through the pipeline for logging.
 struct Ctx {
     start: Instant,
+    /// The client as identified (the peer, or the forwarded address from a trusted proxy).
     client: IpAddr,
+    /// The TCP peer.
+    peer: IpAddr,
+    /// The shield's hold on this client's request count, released when the response ends.
+    ticket: Option<crate::shield::ReqTicket>,
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
@@ -39,7 +44,12 @@ pub async fn handle(
     conn.request_started();
     let snap = shared.snapshot.load_full();
     let cfg: &Config = &snap.cfg;
-    let client = headers::canonical_ip(peer.ip());
+    let peer_ip = headers::canonical_ip(peer.ip());
+    let client = headers::canonical_ip(crate::shield::identity::client_ip(
+        peer_ip,
+        req.headers(),
+        &cfg.listener.trusted_proxies,
+    ));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => {
@@ -51,18 +61,47 @@ pub async fn handle(
     let mut ctx = Ctx {
         start: Instant::now(),
         client,
+        peer: peer_ip,
+        ticket: None,
         method: req.method().clone(),
         uri: req.uri().clone(),
         request_id,
         pool: None,
     };
 
+    match shared.shield.admit_request(client, req.uri().path()) {
+        Ok(t) => ctx.ticket = t,
+        Err(rej) => {
+            let (status, msg) = match rej.status {
+                429 => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "429 too many requests: slow down and retry later\n",
+                ),
+                _ => (
+                    StatusCode::FORBIDDEN,
+                    "403 forbidden: requests from this address are blocked\n",
+                ),
+            };
+            return Ok(local_response(
+                &shared,
+                &snap,
+                &mut ctx,
+                conn,
+                status,
+                rej.reason,
+                msg,
+                rej.retry_after_secs,
+                rej.close,
+            ));
+        }
+    }
+
     let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     if uri_len > cfg.listener.max_uri_length {
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::URI_TOO_LONG,
             Reason::UriTooLong,
@@ -78,7 +117,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BodyTooLarge,
@@ -104,7 +143,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::NOT_FOUND,
             Reason::NoRoute,
@@ -115,7 +154,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::NOT_FOUND,
             Reason::NoRoute,
@@ -152,7 +191,7 @@ pub async fn handle(
             return Ok(finish_local(
                 &shared,
                 &snap,
-                &ctx,
+                &mut ctx,
                 conn,
                 StatusCode::SERVICE_UNAVAILABLE,
                 reason,
@@ -210,7 +249,7 @@ enum Outcome {
 async fn forward(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     conn: Arc<ConnActivity>,
     pool: &Arc<PoolShared>,
     mut permit: Permit,
@@ -224,11 +263,11 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let has_body = !(content_length == Some(0)
         || (content_length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING)));
-    let trusted = headers::is_trusted(ctx.client, &cfg.listener.trusted_proxies);
+    let trusted = headers::is_trusted(ctx.peer, &cfg.listener.trusted_proxies);
     let host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
-    headers::set_forwarded(&mut parts.headers, ctx.client, trusted, host.as_ref());
+    headers::set_forwarded(&mut parts.headers, ctx.peer, trusted, host.as_ref());
     let can_retry = pcfg.retry.attempts > 1 && !has_body;
     let retry_headers = can_retry.then(|| parts.headers.clone());
     let mut body = Some(if has_body {
@@ -236,6 +275,10 @@ async fn forward(
             inner: body,
             remaining: cfg.listener.max_body_size,
             limit: cfg.listener.max_body_size,
+            conn: {
+                conn.body_started();
+                conn.clone()
+            },
         }
     } else {
         ReqBody::Empty
@@ -261,7 +304,7 @@ async fn forward(
             return finish_local(
                 shared,
                 snap,
-                &ctx,
+                &mut ctx,
                 conn,
                 StatusCode::BAD_REQUEST,
                 Reason::BadRequest,
@@ -338,7 +381,7 @@ async fn forward(
             }
             Outcome::Error(status, reason, msg) => {
                 drop(permit);
-                finish_local(shared, snap, &ctx, conn, status, reason, msg)
+                finish_local(shared, snap, &mut ctx, conn, status, reason, msg)
             }
         };
     }
@@ -381,7 +424,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
 #[allow(clippy::too_many_arguments)]
 fn respond(
     snap: &Arc<Snapshot>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     conn: Arc<ConnActivity>,
     permit: Permit,
     resp: Response<Incoming>,
@@ -404,6 +447,9 @@ fn respond(
         .duration
         .observe(ctx.start.elapsed().as_secs_f64());
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(t) = &ctx.ticket {
+        t.response_status(status);
+    }
     let mut body = RespBody::upstream(body);
     let log = snap.access_log.clone().map(|l| {
         let e = entry(
@@ -419,6 +465,7 @@ fn respond(
         permit: Some(permit),
         log,
         conn: Some(conn),
+        shield: ctx.ticket.take(),
         bytes: 0,
     });
     Response::from_parts(parts, body)
@@ -451,11 +498,28 @@ fn entry(
 fn finish_local(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     conn: Arc<ConnActivity>,
     status: StatusCode,
     reason: Reason,
     msg: &'static str,
+) -> Response<RespBody> {
+    let close = matches!(reason, Reason::BadRequest | Reason::BodyTooLarge);
+    local_response(shared, snap, ctx, conn, status, reason, msg, 1, close)
+}
+
+/// [`finish_local`] with an explicit Retry-After (for 429 and 503) and connection close.
+#[allow(clippy::too_many_arguments)]
+fn local_response(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    ctx: &mut Ctx,
+    conn: Arc<ConnActivity>,
+    status: StatusCode,
+    reason: Reason,
+    msg: &'static str,
+    retry_after_secs: u64,
+    close: bool,
 ) -> Response<RespBody> {
     shared.metrics.reject(reason);
     let mut body = RespBody::full(msg);
@@ -467,6 +531,7 @@ fn finish_local(
         permit: None,
         log,
         conn: Some(conn),
+        shield: ctx.ticket.take(),
         bytes: 0,
     });
     let mut resp = Response::new(body);
@@ -478,9 +543,14 @@ fn finish_local(
     );
     h.insert(&X_REQUEST_ID, ctx.request_id.clone());
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let v = if retry_after_secs <= 1 {
+            HeaderValue::from_static("1")
+        } else {
+            HeaderValue::from(retry_after_secs)
+        };
+        h.insert(header::RETRY_AFTER, v);
     }
-    if matches!(reason, Reason::BadRequest | Reason::BodyTooLarge) {
+    if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

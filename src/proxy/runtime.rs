@@ -27,6 +27,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
+    /// The shield (state outlives reloads).
+    pub shield: Arc<crate::shield::Shield>,
     pub rates: ClientRates,
     /// Health checker tasks of the current generation.
     pub(crate) health_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -53,6 +55,12 @@ impl Shared {
             .map(|p| PoolShared::build(p, None, &metrics, &events))
             .collect();
         let access_log = AccessLogger::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
+        let shield = crate::shield::Shield::new(
+            &cfg.shield,
+            &cfg.listener.trusted_proxies,
+            events.clone(),
+            metrics.clone(),
+        );
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 cfg: Arc::new(cfg),
@@ -62,6 +70,7 @@ impl Shared {
             }),
             metrics: metrics.clone(),
             events,
+            shield,
             rates: ClientRates::default(),
             health_tasks: Mutex::new(Vec::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -125,6 +134,8 @@ impl Shared {
         } else {
             AccessLogger::start(&cfg.access_log, self.metrics.access_log_dropped.clone())?
         };
+        self.shield
+            .apply(&cfg.shield, &cfg.listener.trusted_proxies);
         let generation = old.generation + 1;
         self.snapshot.store(Arc::new(Snapshot {
             cfg: Arc::new(cfg),
