@@ -2,6 +2,9 @@
 //! errors as `{"error": "...", "details": [...]}` with a 4xx status. With `admin.token_file`
 //! set, every request needs `Authorization: Bearer <token>`.
 
+pub mod bans;
+pub mod client;
+
 use crate::clock::now_ms;
 use crate::proxy::runtime::Shared;
 use bytes::Bytes;
@@ -18,7 +21,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// Serves the admin API until `stop` turns true.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -48,7 +51,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
     }
 }
 
-fn json_resp(status: StatusCode, v: &Value) -> Resp {
+pub(crate) fn json_resp(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -95,6 +98,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         return r;
     }
     let path = req.uri().path().to_string();
+    if path == "/api/bans" || path.starts_with("/api/bans/") {
+        return bans::handle(shared, req).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
@@ -146,7 +152,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: {path}"),
-            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload".into()],
+            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload, GET|POST /api/bans, DELETE /api/bans/{target}".into()],
         ),
     }
 }
