@@ -332,7 +332,12 @@ async fn forward(
         let budget = pcfg
             .response_header_timeout
             .min(deadline.saturating_duration_since(sent));
-        let outcome = match tokio::time::timeout(budget, inner.client.request(upstream)).await {
+        let mut inflight = InFlight {
+            fut: Some(inner.client.request(upstream)),
+            permit: Some(permit),
+            linger: pcfg.request_timeout,
+        };
+        let outcome = match tokio::time::timeout(budget, &mut inflight).await {
             Ok(Ok(resp)) => Outcome::Response(resp, sent.elapsed().as_secs_f64() * 1000.0),
             Ok(Err(e)) => classify(&e),
             Err(_) if Instant::now() >= deadline => Outcome::Error(
@@ -357,6 +362,10 @@ async fn forward(
             Outcome::Error(..) => (false, true),
         };
         pool.report(&server, !server_failed);
+        // When the server has answered, its slot comes back here; a timed-out request keeps
+        // it (lingering in the background) while the server still works on it.
+        let held = inflight.done_permit();
+        drop(inflight);
         if retryable && can_retry && attempt < pcfg.retry.attempts && Instant::now() < deadline {
             tried.push(server.clone());
             let r = &pcfg.retry;
@@ -366,6 +375,7 @@ async fn forward(
                 r.budget_min_per_second,
             ) {
                 if let Some(next) = pool.try_acquire(hash, &tried) {
+                    drop(held);
                     pool.counters.retries.inc();
                     attempt += 1;
                     permit = next;
@@ -375,15 +385,78 @@ async fn forward(
                 pool.counters.retry_budget_exhausted.inc();
             }
         }
-        return match outcome {
-            Outcome::Response(resp, upstream_ms) => {
+        return match (outcome, held) {
+            (Outcome::Response(resp, upstream_ms), Some(permit)) => {
                 respond(snap, ctx, conn, permit, resp, upstream_ms, pool)
             }
-            Outcome::Error(status, reason, msg) => {
-                drop(permit);
+            (Outcome::Response(..), None) => finish_local(
+                shared,
+                snap,
+                &mut ctx,
+                conn,
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamError,
+                "502 the server sent an invalid or no response\n",
+            ),
+            (Outcome::Error(status, reason, msg), held) => {
+                drop(held);
                 finish_local(shared, snap, &mut ctx, conn, status, reason, msg)
             }
         };
+    }
+}
+
+/// An upstream request in flight, holding its server's slot. If it is abandoned before the
+/// server answers (the client went away, or levee stopped waiting), the slot stays taken in a
+/// background task until the server answers or `linger` passes: the server is still working
+/// on it, and counting it free would let levee send the server more than its cap.
+struct InFlight {
+    fut: Option<hyper_util::client::legacy::ResponseFuture>,
+    permit: Option<Permit>,
+    linger: std::time::Duration,
+}
+
+impl InFlight {
+    /// The slot, once the server has answered (or failed).
+    fn done_permit(&mut self) -> Option<Permit> {
+        if self.fut.is_none() {
+            self.permit.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl std::future::Future for InFlight {
+    type Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        match std::pin::Pin::new(fut).poll(cx) {
+            std::task::Poll::Ready(r) => {
+                self.fut = None;
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(fut), Some(permit)) = (self.fut.take(), self.permit.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let linger = self.linger;
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(linger, fut).await;
+                drop(permit);
+            });
+        }
     }
 }
 
