@@ -26,6 +26,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run a simulated web server (capacity, latency, crashes) for drills, demos and tests
     Backend(BackendArgs),
+    /// List, add or lift bans on a running levee (through its admin API)
+    Ban(BanArgs),
     /// Draft the postmortem of an incident from the journal (Markdown or JSON)
     Postmortem(PostmortemArgs),
     /// Print the runbook of every alert: what it means and what to do
@@ -125,6 +127,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Ban(a) => ban(a).await,
         Command::Backend(a) => {
             backend::run(a).await.context("levee backend")?;
             Ok(ExitCode::SUCCESS)
@@ -207,5 +210,159 @@ pub async fn run_until_signal(levee: crate::proxy::Levee) -> anyhow::Result<Exit
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let clean = levee.shutdown().await;
     tracing::info!(clean, "levee stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BanArgs {
+    /// The admin API of the running levee
+    #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
+    pub admin: String,
+    /// A file holding the admin bearer token (admin.token_file)
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: BanAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BanAction {
+    /// Ban an address or a CIDR range
+    Add {
+        /// "203.0.113.7" or "203.0.113.0/24"
+        target: String,
+        /// How long, e.g. "10m", "1h", "7d" (default: shield.bans.duration)
+        #[arg(long)]
+        duration: Option<String>,
+        /// Why (kept with the ban and in the journal)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the bans in force
+    List {
+        /// Print the API's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban
+    Remove {
+        /// The banned address or range, as listed
+        target: String,
+    },
+}
+
+async fn ban(a: BanArgs) -> anyhow::Result<ExitCode> {
+    let token = match &a.token_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("levee ban: cannot read the token file {}: {e}", f.display());
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
+    let base = a.admin.trim_end_matches('/');
+    let (method, url, body) = match &a.action {
+        BanAction::Add {
+            target,
+            duration,
+            reason,
+        } => {
+            if let Err(e) = crate::admin::bans::parse_target(target) {
+                eprintln!("levee ban add: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            if let Some(d) = duration
+                && let Err(e) = crate::config::units::parse_duration(d)
+            {
+                eprintln!("levee ban add: --duration: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            let body =
+                serde_json::json!({ "target": target, "duration": duration, "reason": reason });
+            (
+                http::Method::POST,
+                format!("{base}/api/bans"),
+                Some(body.to_string()),
+            )
+        }
+        BanAction::List { .. } => (http::Method::GET, format!("{base}/api/bans"), None),
+        BanAction::Remove { target } => {
+            if let Err(e) = crate::admin::bans::parse_target(target) {
+                eprintln!("levee ban remove: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            (
+                http::Method::DELETE,
+                format!("{base}/api/bans/{}", target.replace('/', "%2F")),
+                None,
+            )
+        }
+    };
+    let (status, body) =
+        match crate::admin::client::call(method, &url, token.as_deref(), body).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("levee ban: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !(200..300).contains(&status) {
+        eprintln!(
+            "levee ban: the admin API answered {status}: {}",
+            v["error"].as_str().unwrap_or("(no message)")
+        );
+        for d in v["details"].as_array().into_iter().flatten() {
+            eprintln!("  {}", d.as_str().unwrap_or_default());
+        }
+        return Ok(ExitCode::from(if status == 400 || status == 404 {
+            2
+        } else {
+            1
+        }));
+    }
+    match &a.action {
+        BanAction::Add { .. } => {
+            let b = &v["ban"];
+            println!(
+                "banned {} until {} ({})",
+                b["target"].as_str().unwrap_or("?"),
+                b["until"].as_str().unwrap_or("?"),
+                b["note"].as_str().unwrap_or("")
+            );
+        }
+        BanAction::Remove { .. } => println!(
+            "ban on {} lifted",
+            v["removed"]["target"].as_str().unwrap_or("?")
+        ),
+        BanAction::List { json } => {
+            if *json {
+                println!("{v}");
+            } else {
+                let bans = v["bans"].as_array().cloned().unwrap_or_default();
+                println!(
+                    "{:<20} {:<12} {:<22} {:>5}  NOTE",
+                    "TARGET", "REASON", "UNTIL", "COUNT"
+                );
+                for b in &bans {
+                    println!(
+                        "{:<20} {:<12} {:<22} {:>5}  {}",
+                        b["target"].as_str().unwrap_or("?"),
+                        b["reason"].as_str().unwrap_or("?"),
+                        b["until"].as_str().unwrap_or("?"),
+                        b["count"],
+                        b["note"].as_str().unwrap_or("")
+                    );
+                }
+                println!(
+                    "{} ban{} in force",
+                    bans.len(),
+                    if bans.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

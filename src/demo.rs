@@ -48,6 +48,14 @@ max_body_size = "64MiB"
 [admin]
 bind = "{admin}"                # loopback only
 
+[shield]
+mode = "enforce"
+rate = 50                       # requests/s per client, with a burst of 100
+burst = 100
+# Your own machine may hammer the demo without being banned; try a flood from other
+# loopback addresses (127.0.0.0/8 minus 127.0.0.1) to see the shield ban them.
+allow = ["127.0.0.1"]
+
 [access_log]
 enabled = true
 format = "json"

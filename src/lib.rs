@@ -14,3 +14,4 @@ pub mod health;
 pub mod journal;
 pub mod observe;
 pub mod proxy;
+pub mod shield;

@@ -42,7 +42,7 @@ async fn weighted_round_robin_follows_weights_smoothly() {
     bounded(Duration::from_secs(30), async {
         let bs = [fast_backend().await, fast_backend().await, fast_backend().await];
         let text = format!(
-            "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nalgorithm = \"weighted_round_robin\"\nservers = [{{ address = \"{}\", weight = 1 }}, {{ address = \"{}\", weight = 2 }}, {{ address = \"{}\", weight = 3 }}]\n",
+            "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[shield]\nenabled = false\n[pools.web]\nalgorithm = \"weighted_round_robin\"\nservers = [{{ address = \"{}\", weight = 1 }}, {{ address = \"{}\", weight = 2 }}, {{ address = \"{}\", weight = 3 }}]\n",
             bs[0].addr(),
             bs[1].addr(),
             bs[2].addr()

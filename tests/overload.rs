@@ -260,3 +260,47 @@ async fn every_server_down_answers_503_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_give_up_do_not_free_a_busy_servers_slot() {
+    bounded(Duration::from_secs(30), async {
+        let b = backend(BackendOptions {
+            capacity: 100,
+            latency: Duration::from_millis(400),
+            ..Default::default()
+        })
+        .await;
+        let l = levee(&config(
+            &[b.addr()],
+            "max_concurrency = 2\nqueue_size = 64\nqueue_timeout = \"2s\"",
+        ))
+        .await;
+        let url = format!("http://{}/", l.addr);
+        // Impatient clients: each gives up after 50 ms, while the server needs 400 ms.
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..5 {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), get(&client(), &url)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        wait_until(Duration::from_secs(5), "the server finishes", || {
+            b.stats().in_flight == 0
+        })
+        .await;
+        assert!(
+            b.stats().max_in_flight <= 2,
+            "abandoned requests still count until the server answers: saw {}",
+            b.stats().max_in_flight
+        );
+        // And the slots come back afterwards.
+        assert_eq!(get(&client(), &url).await.unwrap().status, 200);
+    })
+    .await;
+}

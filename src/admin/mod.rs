@@ -2,6 +2,8 @@
 //! errors as `{"error": "...", "details": [...]}` with a 4xx status. With `admin.token_file`
 //! set, every request needs `Authorization: Bearer <token>`.
 
+pub mod bans;
+pub mod client;
 mod observe_api;
 
 use crate::clock::now_ms;
@@ -101,6 +103,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
     if let Some(r) = observe_api::route(shared, req.method(), &path, &query).await {
         return r;
     }
+    if path == "/api/bans" || path.starts_with("/api/bans/") {
+        return bans::handle(shared, req).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
@@ -152,7 +157,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: {path}"),
-            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload, GET / (dashboard), GET /api/dashboard, GET /api/events, GET /api/alerts, GET /api/runbook, GET /api/incidents[/{id}[/postmortem]]".into()],
+            &["endpoints: GET /healthz, GET /metrics, GET /api/status, POST /api/reload, GET|POST /api/bans, DELETE /api/bans/{target}, GET / (dashboard), GET /api/dashboard, GET /api/events, GET /api/alerts, GET /api/runbook, GET /api/incidents[/{id}[/postmortem]]".into()],
         ),
     }
 }

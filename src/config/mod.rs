@@ -6,6 +6,8 @@
 
 pub mod observe;
 mod raw;
+pub mod shield;
+
 pub mod units;
 mod validate;
 
@@ -29,6 +31,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[journal]`, `[alerting]`, `[[alerts]]`, `[[notifiers]]`.
     pub observe: observe::Observe,
+    /// `[shield]`.
+    pub shield: shield::Shield,
 }
 
 /// `[listener]`, validated.

@@ -41,6 +41,9 @@ pub struct RawConfig {
     /// Who is told when alerts fire and resolve.
     #[serde(default)]
     pub notifiers: Vec<super::observe::RawNotifier>,
+    /// The shield: per-client limits, slow-client defence, bans, attack detection.
+    #[serde(default)]
+    pub shield: super::shield::RawShield,
 }
 
 /// `[listener]`

@@ -228,11 +228,18 @@ pub(super) fn validate(
     )
     .map_err(|p| cx.problems.extend(p))
     .ok();
+    let shield = match super::shield::validate(&raw.shield, text, base_dir) {
+        Ok(s) => Some(s),
+        Err(p) => {
+            cx.problems.extend(p);
+            None
+        }
+    };
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    let (Some(listener_bind), Some(admin_bind), Some(observe)) =
-        (listener_bind, admin_bind, observe)
+    let (Some(listener_bind), Some(admin_bind), Some(observe), Some(shield)) =
+        (listener_bind, admin_bind, observe, shield)
     else {
         return Err(cx.problems);
     };
@@ -257,6 +264,7 @@ pub(super) fn validate(
         pools,
         routes,
         observe,
+        shield,
     })
 }
 

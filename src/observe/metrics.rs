@@ -31,10 +31,18 @@ pub enum Reason {
     UpstreamConnect,
     UpstreamError,
     MaxConnections,
+    Denied,
+    Banned,
+    RateLimited,
+    TooManyConnections,
+    TooManyRequests,
+    SlowBody,
+    SlowRead,
+    IdleCap,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 22] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::NoHealthyServer,
@@ -49,6 +57,14 @@ impl Reason {
         Reason::UpstreamConnect,
         Reason::UpstreamError,
         Reason::MaxConnections,
+        Reason::Denied,
+        Reason::Banned,
+        Reason::RateLimited,
+        Reason::TooManyConnections,
+        Reason::TooManyRequests,
+        Reason::SlowBody,
+        Reason::SlowRead,
+        Reason::IdleCap,
     ];
 
     /// The label value.
@@ -68,6 +84,14 @@ impl Reason {
             Reason::UpstreamConnect => "upstream_connect_error",
             Reason::UpstreamError => "upstream_bad_response",
             Reason::MaxConnections => "max_connections",
+            Reason::Denied => "denied",
+            Reason::Banned => "banned",
+            Reason::RateLimited => "rate_limited",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::TooManyRequests => "too_many_requests",
+            Reason::SlowBody => "slow_body",
+            Reason::SlowRead => "slow_read",
+            Reason::IdleCap => "idle_cap",
         }
     }
 
@@ -131,6 +155,11 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    would_block: Vec<Counter>,
+    bans: Family<Labels, Counter>,
+    bans_active: Gauge,
+    tracked_clients: Gauge,
+    attack_active: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -325,7 +354,45 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let wb = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_shield_would_block",
+            "What the shield would have blocked in detect mode or a dry-run rule, by reason",
+            wb.clone(),
+        );
+        let would_block = Reason::ALL
+            .iter()
+            .map(|r| {
+                wb.get_or_create(&vec![("reason", r.as_str().to_string())])
+                    .clone()
+            })
+            .collect();
+        let bans = Family::<Labels, Counter>::default();
+        reg.register("levee_shield_bans", "Bans added, by reason", bans.clone());
+        let bans_active = Gauge::default();
+        reg.register(
+            "levee_shield_bans_active",
+            "Bans in force now",
+            bans_active.clone(),
+        );
+        let tracked_clients = Gauge::default();
+        reg.register(
+            "levee_shield_tracked_clients",
+            "Clients whose state the shield tracks now",
+            tracked_clients.clone(),
+        );
+        let attack_active = Gauge::default();
+        reg.register(
+            "levee_shield_attack_active",
+            "1 while an attack is suspected",
+            attack_active.clone(),
+        );
         Arc::new(Metrics {
+            would_block,
+            bans,
+            bans_active,
+            tracked_clients,
+            attack_active,
             registry: Mutex::new(reg),
             requests,
             duration,
@@ -359,6 +426,32 @@ impl Metrics {
         if let Some(c) = self.rejections.get(r.index()) {
             c.inc();
         }
+    }
+
+    /// Counts what the shield would have blocked (detect mode, dry-run rules).
+    pub fn would_block(&self, r: Reason) {
+        if let Some(c) = self.would_block.get(r.index()) {
+            c.inc();
+        }
+    }
+
+    /// How many would-be blocks of this reason were counted.
+    pub fn would_blocks(&self, r: Reason) -> u64 {
+        self.would_block.get(r.index()).map_or(0, Counter::get)
+    }
+
+    /// Counts a ban.
+    pub fn ban(&self, reason: &str) {
+        self.bans
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// The shield's gauges, set once a second.
+    pub fn shield_gauges(&self, bans_active: i64, tracked: i64, attack: bool) {
+        self.bans_active.set(bans_active);
+        self.tracked_clients.set(tracked);
+        self.attack_active.set(i64::from(attack));
     }
 
     /// The current count of a rejection reason.

@@ -134,7 +134,7 @@ fn defaults(name: &str) -> Default_ {
             0,
             0,
             "the shield detected a flood: request rate far above its baseline, with the top sources and subnets in the description",
-            "1. Read the description: top sources and /24 subnets with their request counts, current vs baseline rate.\n2. The shield bans sources that stand out automatically; see them with `curl -s http://ADMIN/api/bans` and on the dashboard.\n3. A subnet sending a large share that no user comes from: ban it, `levee ban SUBNET --for 1h` (or POST /api/bans), and consider a permanent `[shield] deny` entry.\n4. Backends stay within their caps whatever the flood; watch saturation and error_ratio for user impact.\n5. Afterwards: `levee postmortem --journal FILE --last`.",
+            "1. Read the description: top sources and /24 subnets with their request counts, current vs baseline rate.\n2. The shield bans sources that stand out automatically; see them with `levee ban list --admin http://ADMIN` and on the dashboard (`http://ADMIN/`).\n3. A subnet sending a large share that no user comes from: ban it, `levee ban add SUBNET --duration 1h --reason flood --admin http://ADMIN`, and consider a permanent `[shield] deny` entry.\n4. Backends stay within their caps whatever the flood; watch saturation and error_ratio for user impact.\n5. Afterwards: `levee postmortem --journal FILE --last`.",
         ),
         "ban_surge" => d(
             "warning",
@@ -144,7 +144,7 @@ fn defaults(name: &str) -> Default_ {
             60,
             0,
             "more than `threshold` bans were added within `window`",
-            "1. Many bans at once usually mean a distributed flood: check attack_suspected and `curl -s http://ADMIN/api/bans`.\n2. If the banned clients are real users (e.g. behind one NAT or a proxy not in `trusted_proxies`), lift the bans (`levee ban --remove CLIENT` or DELETE /api/bans/CLIENT) and fix `trusted_proxies` or the limits.\n3. Otherwise nothing to do: bans expire on their own.",
+            "1. Many bans at once usually mean a distributed flood: check attack_suspected and `levee ban list --admin http://ADMIN`.\n2. If the banned clients are real users (e.g. behind one NAT or a proxy not in `trusted_proxies`), lift the bans (`levee ban remove CLIENT --admin http://ADMIN`) and fix `trusted_proxies` or the limits.\n3. Otherwise nothing to do: bans expire on their own.",
         ),
         "config_reload_failed" => d(
             "warning",

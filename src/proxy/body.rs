@@ -31,6 +31,8 @@ pub enum ReqBody {
         inner: Incoming,
         remaining: u64,
         limit: u64,
+        /// Told of the body's progress (minimum body rate).
+        conn: Arc<ConnActivity>,
     },
 }
 
@@ -48,6 +50,7 @@ impl Body for ReqBody {
                 inner,
                 remaining,
                 limit,
+                conn,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
@@ -56,11 +59,18 @@ impl Body for ReqBody {
                             return Poll::Ready(Some(Err(ReqBodyError::TooLarge(*limit))));
                         }
                         *remaining -= n;
+                        conn.body_progress(n);
                     }
                     Poll::Ready(Some(Ok(f)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ReqBodyError::Client(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    conn.body_done();
+                    Poll::Ready(Some(Err(ReqBodyError::Client(e))))
+                }
+                Poll::Ready(None) => {
+                    conn.body_done();
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -87,12 +97,15 @@ pub struct Completion {
     pub permit: Option<Permit>,
     pub log: Option<(AccessLogger, Entry)>,
     pub conn: Option<Arc<ConnActivity>>,
+    /// The shield's hold on the client's request count.
+    pub shield: Option<crate::shield::ReqTicket>,
     pub bytes: u64,
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         drop(self.permit.take());
+        drop(self.shield.take());
         if let Some((logger, mut e)) = self.log.take() {
             e.bytes = self.bytes;
             logger.log(e);

@@ -22,7 +22,12 @@ use std::time::{Instant, SystemTime};
 /// What one request carries through the pipeline for logging.
 struct Ctx {
     start: Instant,
+    /// The client as identified (the peer, or the forwarded address from a trusted proxy).
     client: IpAddr,
+    /// The TCP peer.
+    peer: IpAddr,
+    /// The shield's hold on this client's request count, released when the response ends.
+    ticket: Option<crate::shield::ReqTicket>,
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
@@ -41,7 +46,12 @@ pub async fn handle(
     conn.request_started();
     let snap = shared.snapshot.load_full();
     let cfg: &Config = &snap.cfg;
-    let client = headers::canonical_ip(peer.ip());
+    let peer_ip = headers::canonical_ip(peer.ip());
+    let client = headers::canonical_ip(crate::shield::identity::client_ip(
+        peer_ip,
+        req.headers(),
+        &cfg.listener.trusted_proxies,
+    ));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => {
@@ -53,6 +63,8 @@ pub async fn handle(
     let mut ctx = Ctx {
         start: Instant::now(),
         client,
+        peer: peer_ip,
+        ticket: None,
         method: req.method().clone(),
         uri: req.uri().clone(),
         request_id,
@@ -60,12 +72,39 @@ pub async fn handle(
         route: None,
     };
 
+    match shared.shield.admit_request(client, req.uri().path()) {
+        Ok(t) => ctx.ticket = t,
+        Err(rej) => {
+            let (status, msg) = match rej.status {
+                429 => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "429 too many requests: slow down and retry later\n",
+                ),
+                _ => (
+                    StatusCode::FORBIDDEN,
+                    "403 forbidden: requests from this address are blocked\n",
+                ),
+            };
+            return Ok(local_response(
+                &shared,
+                &snap,
+                &mut ctx,
+                conn,
+                status,
+                rej.reason,
+                msg,
+                rej.retry_after_secs,
+                rej.close,
+            ));
+        }
+    }
+
     let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     if uri_len > cfg.listener.max_uri_length {
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::URI_TOO_LONG,
             Reason::UriTooLong,
@@ -81,7 +120,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BodyTooLarge,
@@ -108,7 +147,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::NOT_FOUND,
             Reason::NoRoute,
@@ -119,7 +158,7 @@ pub async fn handle(
         return Ok(finish_local(
             &shared,
             &snap,
-            &ctx,
+            &mut ctx,
             conn,
             StatusCode::NOT_FOUND,
             Reason::NoRoute,
@@ -162,7 +201,7 @@ pub async fn handle(
             return Ok(finish_local(
                 &shared,
                 &snap,
-                &ctx,
+                &mut ctx,
                 conn,
                 StatusCode::SERVICE_UNAVAILABLE,
                 reason,
@@ -220,7 +259,7 @@ enum Outcome {
 async fn forward(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     conn: Arc<ConnActivity>,
     pool: &Arc<PoolShared>,
     mut permit: Permit,
@@ -234,11 +273,11 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let has_body = !(content_length == Some(0)
         || (content_length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING)));
-    let trusted = headers::is_trusted(ctx.client, &cfg.listener.trusted_proxies);
+    let trusted = headers::is_trusted(ctx.peer, &cfg.listener.trusted_proxies);
     let host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
-    headers::set_forwarded(&mut parts.headers, ctx.client, trusted, host.as_ref());
+    headers::set_forwarded(&mut parts.headers, ctx.peer, trusted, host.as_ref());
     let can_retry = pcfg.retry.attempts > 1 && !has_body;
     let retry_headers = can_retry.then(|| parts.headers.clone());
     let mut body = Some(if has_body {
@@ -246,6 +285,10 @@ async fn forward(
             inner: body,
             remaining: cfg.listener.max_body_size,
             limit: cfg.listener.max_body_size,
+            conn: {
+                conn.body_started();
+                conn.clone()
+            },
         }
     } else {
         ReqBody::Empty
@@ -271,7 +314,7 @@ async fn forward(
             return finish_local(
                 shared,
                 snap,
-                &ctx,
+                &mut ctx,
                 conn,
                 StatusCode::BAD_REQUEST,
                 Reason::BadRequest,
@@ -299,7 +342,12 @@ async fn forward(
         let budget = pcfg
             .response_header_timeout
             .min(deadline.saturating_duration_since(sent));
-        let outcome = match tokio::time::timeout(budget, inner.client.request(upstream)).await {
+        let mut inflight = InFlight {
+            fut: Some(inner.client.request(upstream)),
+            permit: Some(permit),
+            linger: pcfg.request_timeout,
+        };
+        let outcome = match tokio::time::timeout(budget, &mut inflight).await {
             Ok(Ok(resp)) => Outcome::Response(resp, sent.elapsed().as_secs_f64() * 1000.0),
             Ok(Err(e)) => classify(&e),
             Err(_) if Instant::now() >= deadline => Outcome::Error(
@@ -324,6 +372,10 @@ async fn forward(
             Outcome::Error(..) => (false, true),
         };
         pool.report(&server, !server_failed);
+        // When the server has answered, its slot comes back here; a timed-out request keeps
+        // it (lingering in the background) while the server still works on it.
+        let held = inflight.done_permit();
+        drop(inflight);
         if retryable && can_retry && attempt < pcfg.retry.attempts && Instant::now() < deadline {
             tried.push(server.clone());
             let r = &pcfg.retry;
@@ -333,6 +385,7 @@ async fn forward(
                 r.budget_min_per_second,
             ) {
                 if let Some(next) = pool.try_acquire(hash, &tried) {
+                    drop(held);
                     pool.counters.retries.inc();
                     attempt += 1;
                     permit = next;
@@ -342,15 +395,78 @@ async fn forward(
                 pool.counters.retry_budget_exhausted.inc();
             }
         }
-        return match outcome {
-            Outcome::Response(resp, upstream_ms) => {
+        return match (outcome, held) {
+            (Outcome::Response(resp, upstream_ms), Some(permit)) => {
                 respond(snap, ctx, conn, permit, resp, upstream_ms, pool)
             }
-            Outcome::Error(status, reason, msg) => {
-                drop(permit);
-                finish_local(shared, snap, &ctx, conn, status, reason, msg)
+            (Outcome::Response(..), None) => finish_local(
+                shared,
+                snap,
+                &mut ctx,
+                conn,
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamError,
+                "502 the server sent an invalid or no response\n",
+            ),
+            (Outcome::Error(status, reason, msg), held) => {
+                drop(held);
+                finish_local(shared, snap, &mut ctx, conn, status, reason, msg)
             }
         };
+    }
+}
+
+/// An upstream request in flight, holding its server's slot. If it is abandoned before the
+/// server answers (the client went away, or levee stopped waiting), the slot stays taken in a
+/// background task until the server answers or `linger` passes: the server is still working
+/// on it, and counting it free would let levee send the server more than its cap.
+struct InFlight {
+    fut: Option<hyper_util::client::legacy::ResponseFuture>,
+    permit: Option<Permit>,
+    linger: std::time::Duration,
+}
+
+impl InFlight {
+    /// The slot, once the server has answered (or failed).
+    fn done_permit(&mut self) -> Option<Permit> {
+        if self.fut.is_none() {
+            self.permit.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl std::future::Future for InFlight {
+    type Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        match std::pin::Pin::new(fut).poll(cx) {
+            std::task::Poll::Ready(r) => {
+                self.fut = None;
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(fut), Some(permit)) = (self.fut.take(), self.permit.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let linger = self.linger;
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(linger, fut).await;
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -391,7 +507,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
 #[allow(clippy::too_many_arguments)]
 fn respond(
     snap: &Arc<Snapshot>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     conn: Arc<ConnActivity>,
     permit: Permit,
     resp: Response<Incoming>,
@@ -417,6 +533,9 @@ fn respond(
         r.record(status, took);
     }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(t) = &ctx.ticket {
+        t.response_status(status);
+    }
     let mut body = RespBody::upstream(body);
     let log = snap.access_log.clone().map(|l| {
         let e = entry(
@@ -432,6 +551,7 @@ fn respond(
         permit: Some(permit),
         log,
         conn: Some(conn),
+        shield: ctx.ticket.take(),
         bytes: 0,
     });
     Response::from_parts(parts, body)
@@ -464,11 +584,28 @@ fn entry(
 fn finish_local(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     conn: Arc<ConnActivity>,
     status: StatusCode,
     reason: Reason,
     msg: &'static str,
+) -> Response<RespBody> {
+    let close = matches!(reason, Reason::BadRequest | Reason::BodyTooLarge);
+    local_response(shared, snap, ctx, conn, status, reason, msg, 1, close)
+}
+
+/// [`finish_local`] with an explicit Retry-After (for 429 and 503) and connection close.
+#[allow(clippy::too_many_arguments)]
+fn local_response(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    ctx: &mut Ctx,
+    conn: Arc<ConnActivity>,
+    status: StatusCode,
+    reason: Reason,
+    msg: &'static str,
+    retry_after_secs: u64,
+    close: bool,
 ) -> Response<RespBody> {
     shared.metrics.reject(reason);
     if let Some(r) = ctx.route.and_then(|i| snap.routes.get(i)) {
@@ -483,6 +620,7 @@ fn finish_local(
         permit: None,
         log,
         conn: Some(conn),
+        shield: ctx.ticket.take(),
         bytes: 0,
     });
     let mut resp = Response::new(body);
@@ -494,9 +632,14 @@ fn finish_local(
     );
     h.insert(&X_REQUEST_ID, ctx.request_id.clone());
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let v = if retry_after_secs <= 1 {
+            HeaderValue::from_static("1")
+        } else {
+            HeaderValue::from(retry_after_secs)
+        };
+        h.insert(header::RETRY_AFTER, v);
     }
-    if matches!(reason, Reason::BadRequest | Reason::BodyTooLarge) {
+    if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

@@ -1,22 +1,60 @@
-//! The client-facing listener: accept, connection limits, HTTP/1.1 with header timeout and
-//! size limits, idle keep-alive timeout, graceful drain.
+//! The client-facing listener: accept (the shield's cheapest point to refuse), connection
+//! limits, HTTP/1.1 with size limits, levee's own header, idle, slow-body and slow-read
+//! timers, and graceful drain. When `max_connections` is reached, the oldest idle connection
+//! is closed to make room; only when none is idle is the new one refused.
 
-use super::conn::{ConnActivity, TrackedStream, Verdict};
+use super::conn::{ConnActivity, Limits, TrackedStream, Verdict};
 use super::handler;
 use super::runtime::Shared;
+use crate::clock::now_ms;
+use crate::config::shield::Rule;
 use crate::observe::metrics::Reason;
+use crate::shield::Violation;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Counts open client connections; the drain waits for it to reach zero.
 #[derive(Debug, Default)]
 pub struct OpenConns(pub AtomicUsize);
+
+/// Idle connections by the time they became idle, so the oldest can be closed first.
+#[derive(Debug, Default)]
+struct IdleConns {
+    map: Mutex<BTreeMap<(u64, u64), Arc<Notify>>>,
+    next_id: AtomicU64,
+}
+
+impl IdleConns {
+    fn insert(&self, since: u64, id: u64, n: &Arc<Notify>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert((since, id), n.clone());
+        }
+    }
+    fn remove(&self, key: (u64, u64)) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&key);
+        }
+    }
+    /// Tells the oldest idle connection to close. False when none is idle.
+    fn close_oldest(&self) -> bool {
+        let first = self.map.lock().ok().and_then(|mut m| m.pop_first());
+        match first {
+            Some((_, n)) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 struct ConnGuard(Arc<OpenConns>, Arc<Shared>);
 impl Drop for ConnGuard {
@@ -34,6 +72,7 @@ pub async fn run(
     open: Arc<OpenConns>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let idle = Arc::new(IdleConns::default());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -48,9 +87,18 @@ pub async fn run(
                 continue;
             }
         };
+        let peer_ip = super::headers::canonical_ip(peer.ip());
+        let ticket = match shared.shield.admit_connection(peer_ip) {
+            Ok(t) => t,
+            Err(reason) => {
+                shared.metrics.reject(reason);
+                drop(stream);
+                continue;
+            }
+        };
         let snap = shared.snapshot.load();
         let l = &snap.cfg.listener;
-        if open.0.load(Ordering::Acquire) >= l.max_connections {
+        if open.0.load(Ordering::Acquire) >= l.max_connections && !idle.close_oldest() {
             shared.metrics.reject(Reason::MaxConnections);
             drop(stream);
             continue;
@@ -67,15 +115,31 @@ pub async fn run(
             .header_read_timeout(None)
             .max_header_size(l.max_header_size)
             .keep_alive(true);
-        let idle_ms = l.idle_timeout.as_millis() as u64;
-        let header_ms = l.client_header_timeout.as_millis() as u64;
-        let tick = (l.idle_timeout.min(l.client_header_timeout) / 4)
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let sh = &snap.cfg.shield;
+        let limits = Limits {
+            header_ms: l.client_header_timeout.as_millis() as u64,
+            idle_ms: l.idle_timeout.as_millis() as u64,
+            body_grace_ms: sh.body_rate_grace.as_millis() as u64,
+            min_body_rate: if sh.enabled { sh.min_body_rate } else { 0 },
+            send_timeout_ms: if sh.enabled {
+                sh.send_timeout.as_millis() as u64
+            } else {
+                u64::MAX
+            },
+        };
+        let tick = (l
+            .idle_timeout
+            .min(l.client_header_timeout)
+            .min(sh.send_timeout)
+            / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1));
         drop(snap);
         let shared = shared.clone();
         let mut stop = stop.clone();
+        let idle = idle.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            let mut ticket = ticket;
             let activity = ConnActivity::new();
             let svc_shared = shared.clone();
             let svc_act = activity.clone();
@@ -87,6 +151,9 @@ pub async fn run(
                 svc,
             );
             tokio::pin!(conn);
+            let close_me = Arc::new(Notify::new());
+            let id = idle.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut idle_key: Option<(u64, u64)> = None;
             let mut closing = *stop.borrow();
             if closing {
                 conn.as_mut().graceful_shutdown();
@@ -95,7 +162,7 @@ pub async fn run(
                 tokio::select! {
                     r = conn.as_mut() => {
                         if let Err(e) = r {
-                            count_conn_error(&shared, &e);
+                            count_conn_error(&shared, peer_ip, &e);
                         }
                         break;
                     }
@@ -103,24 +170,80 @@ pub async fn run(
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                    _ = close_me.notified() => {
+                        // The connection table is full and this is the oldest idle one.
+                        shared.metrics.reject(Reason::MaxConnections);
+                        idle_key = None;
+                        break;
+                    }
                     _ = tokio::time::sleep(tick), if !closing => {
-                        match activity.verdict(header_ms, idle_ms) {
+                        let is_idle = activity.is_idle();
+                        match (is_idle, idle_key) {
+                            (true, None) => {
+                                let k = (now_ms(), id);
+                                idle.insert(k.0, k.1, &close_me);
+                                idle_key = Some(k);
+                            }
+                            (false, Some(k)) => {
+                                idle.remove(k);
+                                idle_key = None;
+                            }
+                            _ => {}
+                        }
+                        if !ticket.set_idle(is_idle) {
+                            shared.metrics.reject(Reason::IdleCap);
+                            break;
+                        }
+                        if shared.shield.peer_banned(peer_ip) {
+                            shared.metrics.reject(Reason::Banned);
+                            break;
+                        }
+                        match activity.verdict(&limits) {
                             Verdict::Keep => {}
+                            Verdict::Idle => break,
                             Verdict::HeaderTimeout => {
                                 // A slow or silent client: close now, nothing is in progress.
                                 shared.metrics.reject(Reason::HeaderTimeout);
+                                                                if activity.received_any() {
+                                    shared.shield.connection_violation(peer_ip, Violation::SlowClient, "request head not sent within the header timeout (slowloris?)");
+                                }
                                 break;
                             }
-                            Verdict::Idle => break,
+                            Verdict::SlowBody => {
+                                shared.shield.connection_violation(peer_ip, Violation::SlowClient, "request body slower than the minimum rate (slow POST?)");
+                                if enforced(&shared, Rule::SlowBody, Reason::SlowBody) {
+                                    break;
+                                }
+                            }
+                            Verdict::SlowRead => {
+                                shared.shield.connection_violation(peer_ip, Violation::SlowClient, "response not read within the send timeout (slow read?)");
+                                if enforced(&shared, Rule::SlowRead, Reason::SlowRead) {
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
+            }
+            if let Some(k) = idle_key {
+                idle.remove(k);
             }
         });
     }
 }
 
-fn count_conn_error(shared: &Shared, e: &hyper::Error) {
+/// Counts a slow-client block, or a would-be block for a dry-run rule (and keeps going).
+fn enforced(shared: &Shared, rule: Rule, reason: Reason) -> bool {
+    if shared.shield.config().dry(rule) {
+        shared.metrics.would_block(reason);
+        false
+    } else {
+        shared.metrics.reject(reason);
+        true
+    }
+}
+
+fn count_conn_error(shared: &Shared, peer: IpAddr, e: &hyper::Error) {
     let reason = if e.is_parse_too_large() {
         Reason::HeaderTooLarge
     } else if e.is_timeout() {
@@ -131,5 +254,8 @@ fn count_conn_error(shared: &Shared, e: &hyper::Error) {
         return;
     };
     shared.metrics.reject(reason);
+    shared
+        .shield
+        .connection_violation(peer, Violation::Malformed, reason.as_str());
     tracing::debug!(error = %e, reason = reason.as_str(), "client connection closed");
 }

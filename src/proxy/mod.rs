@@ -135,6 +135,7 @@ impl Levee {
                 stop_rx.clone(),
             )),
             tokio::spawn(crate::admin::run(admin, shared.clone(), stop_rx)),
+            shared.shield.spawn_background(),
         ];
         shared.events.publish(
             crate::events::Event::new(crate::events::EventKind::LeveeStarted, format!("levee started, serving on {addr}"))

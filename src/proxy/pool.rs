@@ -382,7 +382,8 @@ impl PoolShared {
         if queue_size == 0 {
             return Err(AdmitError::QueueFull);
         }
-        let prio = score.clamp(0.0, 1.0e6) as u32;
+        // Fine-grained order: scores differ by fractions under load.
+        let prio = (score.clamp(0.0, 1.0e6) * 16.0) as u32;
         let (tx, mut rx) = oneshot::channel();
         let (key, leftover, evicted) = {
             let Ok(mut q) = self.queue.lock() else {

@@ -29,6 +29,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
+    /// The shield (state outlives reloads).
+    pub shield: Arc<crate::shield::Shield>,
     pub rates: ClientRates,
     /// History, alerts, recent events, journal handle (`crate::observe::engine`).
     pub observe: Arc<crate::observe::engine::Observer>,
@@ -57,6 +59,12 @@ impl Shared {
             .map(|p| PoolShared::build(p, None, &metrics, &events))
             .collect();
         let access_log = AccessLogger::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
+        let shield = crate::shield::Shield::new(
+            &cfg.shield,
+            &cfg.listener.trusted_proxies,
+            events.clone(),
+            metrics.clone(),
+        );
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 routes: metrics.route_counters_for(&cfg),
@@ -67,6 +75,7 @@ impl Shared {
             }),
             metrics: metrics.clone(),
             events,
+            shield,
             rates: ClientRates::default(),
             observe: Arc::default(),
             health_tasks: Mutex::new(Vec::new()),
@@ -135,6 +144,8 @@ impl Shared {
         } else {
             AccessLogger::start(&cfg.access_log, self.metrics.access_log_dropped.clone())?
         };
+        self.shield
+            .apply(&cfg.shield, &cfg.listener.trusted_proxies);
         let generation = old.generation + 1;
         self.snapshot.store(Arc::new(Snapshot {
             routes: self.metrics.route_counters_for(&cfg),

@@ -61,8 +61,14 @@ pub fn config_full(servers: &[SocketAddr], pool_extra: &str, tail: &str) -> Stri
     } else {
         "[pools.web.health_check]\npath = \"/health\"\n"
     };
+    // The core's tests measure the proxy alone; the shield's tests switch it on.
+    let shield = if tail.contains("[shield") || pool_extra.contains("[shield") {
+        ""
+    } else {
+        "[shield]\nenabled = false\n"
+    };
     format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nservers = [{}]\n{pool_extra}\n{checks}{tail}\n",
+        "[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[pools.web]\nservers = [{}]\n{pool_extra}\n{checks}{tail}\n{shield}",
         list.join(", ")
     )
 }
