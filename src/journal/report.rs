@@ -62,7 +62,8 @@ pub struct Shield {
     pub bans_manual: u64,
     /// Distinct banned clients or ranges.
     pub banned: u64,
-    /// Time from the attack's start to the last automatic ban, in ms.
+    /// Time from the attack's start (or the first automatic ban, when earlier) to the last
+    /// automatic ban, in ms.
     pub bans_within_ms: Option<i64>,
     pub ban_reasons: BTreeMap<String, u64>,
 }
@@ -279,6 +280,7 @@ fn shield(events: &[EventRow]) -> Shield {
     let mut sh = Shield::default();
     let mut banned = BTreeSet::new();
     let mut last_auto = None;
+    let mut first_auto: Option<i64> = None;
     for e in events {
         match e.kind.as_str() {
             "attack_started" | "attack_ended" => {
@@ -323,6 +325,7 @@ fn shield(events: &[EventRow]) -> Shield {
                 } else {
                     sh.bans_automatic += 1;
                     last_auto = Some(e.t_ms);
+                    first_auto = first_auto.or(Some(e.t_ms));
                 }
                 let reason = s(&e.data, "/reason");
                 *sh.ban_reasons
@@ -340,8 +343,9 @@ fn shield(events: &[EventRow]) -> Shield {
         }
     }
     sh.banned = banned.len() as u64;
-    if let (Some(a), Some(l)) = (sh.attack_start_ms, last_auto) {
-        sh.bans_within_ms = Some((l - a).max(0));
+    if let (Some(f), Some(l)) = (first_auto, last_auto) {
+        let from = sh.attack_start_ms.map_or(f, |a| a.min(f));
+        sh.bans_within_ms = Some((l - from).max(0));
     }
     sh
 }
