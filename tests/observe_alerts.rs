@@ -298,6 +298,11 @@ kind = "log"
             d["notifications"]["delivered"].as_u64() == Some(3)
         })
         .await;
+        assert_eq!(
+            metric(&l, "levee_notifications_total{receiver=\"flaky\",result=\"delivered\"}").await,
+            Some(1.0)
+        );
+        assert_eq!(metric(&l, "levee_journal_dropped_total").await, Some(0.0));
         l.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     })

@@ -7,10 +7,10 @@
 use super::store::{self, JournalError, SampleRow};
 use crate::config::observe::Journal as JournalCfg;
 use crate::events::{Event, EventKind};
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::{Connection, params};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,7 +32,7 @@ pub struct Journal {
     tx: SyncSender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     pub path: std::path::PathBuf,
-    pub dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl std::fmt::Debug for Msg {
@@ -48,13 +48,19 @@ fn ms(t: SystemTime) -> i64 {
 
 impl Journal {
     /// Opens the file (creating it) and starts the thread. `quiet` is the incident quiet period.
-    pub fn start(cfg: &JournalCfg, quiet: Duration) -> Result<Journal, JournalError> {
+    /// `dropped` counts messages lost to a full queue, `errors` failed batches.
+    pub fn start(
+        cfg: &JournalCfg,
+        quiet: Duration,
+        dropped: Counter,
+        errors: Counter,
+    ) -> Result<Journal, JournalError> {
         let conn = store::open_write(&cfg.path, cfg.sync_full)?;
         let (tx, rx) = sync_channel(QUEUE);
         let cfg2 = cfg.clone();
         let thread = std::thread::Builder::new()
             .name("levee-journal".into())
-            .spawn(move || run(conn, rx, cfg2, quiet))
+            .spawn(move || run(conn, rx, cfg2, quiet, errors))
             .map_err(|e| JournalError::Sqlite {
                 path: cfg.path.display().to_string(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
@@ -63,13 +69,13 @@ impl Journal {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
             path: cfg.path.clone(),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
     fn send(&self, m: Msg) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(m) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
@@ -105,7 +111,7 @@ struct Writer {
     open: Option<Open>,
 }
 
-fn run(conn: Connection, rx: Receiver<Msg>, cfg: JournalCfg, quiet: Duration) {
+fn run(conn: Connection, rx: Receiver<Msg>, cfg: JournalCfg, quiet: Duration, errors: Counter) {
     let mut w = Writer {
         conn,
         cfg,
@@ -128,6 +134,7 @@ fn run(conn: Connection, rx: Receiver<Msg>, cfg: JournalCfg, quiet: Duration) {
         };
         if stop || last_commit.elapsed() >= COMMIT_EVERY || batch.len() >= 2000 {
             if let Err(e) = w.commit(&mut batch) {
+                errors.inc();
                 tracing::error!(error = %e, "journal write failed");
                 batch.clear();
             }

@@ -143,6 +143,11 @@ pub struct Metrics {
     pool_rejections: Family<Labels, Counter>,
     alerts_firing: Family<Labels, Gauge>,
     route_requests: Family<Labels, Counter>,
+    notifications: Family<Labels, Counter>,
+    /// Journal messages (events, samples) dropped because the journal thread fell behind.
+    pub journal_dropped: Counter,
+    /// Journal batches that could not be written.
+    pub journal_errors: Counter,
     route_duration: Family<Labels, Latency>,
     rejections: Vec<Counter>,
     retries: Family<Labels, Counter>,
@@ -292,6 +297,24 @@ impl Metrics {
             "Time from request head to response head, per route",
             route_duration.clone(),
         );
+        let notifications = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_notifications",
+            "Alert notifications per receiver by result (delivered, failed after retries, dropped on a full queue)",
+            notifications.clone(),
+        );
+        let journal_dropped = Counter::default();
+        reg.register(
+            "levee_journal_dropped",
+            "Journal events and samples dropped because the journal thread fell behind",
+            journal_dropped.clone(),
+        );
+        let journal_errors = Counter::default();
+        reg.register(
+            "levee_journal_write_errors",
+            "Journal batches that could not be written",
+            journal_errors.clone(),
+        );
         reg.register_collector(Box::new(super::process::ProcessCollector::default()));
         let rej = Family::<Labels, Counter>::default();
         reg.register(
@@ -402,6 +425,9 @@ impl Metrics {
             alerts_firing,
             route_requests,
             route_duration,
+            notifications,
+            journal_dropped,
+            journal_errors,
             rejections,
             retries,
             retry_budget_exhausted,
@@ -503,6 +529,16 @@ impl Metrics {
                 ])
                 .clone(),
         }
+    }
+
+    /// Counts one notification outcome (`delivered`, `failed`, `dropped`) for a receiver.
+    pub fn notification(&self, receiver: &str, result: &'static str) {
+        self.notifications
+            .get_or_create(&vec![
+                ("receiver", receiver.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
     }
 
     /// The gauge of firing instances of an alert rule.

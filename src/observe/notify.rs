@@ -107,7 +107,13 @@ pub async fn run(
             for c in cfgs {
                 if !workers.iter().any(|w| w.cfg.name == c.name) {
                     let (tx, rx) = mpsc::channel(c.queue_size);
-                    tokio::spawn(deliver_loop(c.clone(), rx, client.clone(), stats.clone()));
+                    tokio::spawn(deliver_loop(
+                        c.clone(),
+                        rx,
+                        client.clone(),
+                        stats.clone(),
+                        shared.metrics.clone(),
+                    ));
                     workers.push(Worker { cfg: c.clone(), tx });
                 }
             }
@@ -121,6 +127,7 @@ pub async fn run(
             let doc = webhook_payload(&w.cfg.name, &ev.data, &external);
             if w.tx.try_send(doc).is_err() {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.notification(&w.cfg.name, "dropped");
                 tracing::warn!(receiver = %w.cfg.name, "notification dropped: the receiver's queue is full");
             }
         }
@@ -143,6 +150,7 @@ async fn deliver_loop(
     mut rx: mpsc::Receiver<Value>,
     client: Client<HttpConnector, Full<Bytes>>,
     stats: Arc<NotifyStats>,
+    metrics: Arc<super::metrics::Metrics>,
 ) {
     while let Some(doc) = rx.recv().await {
         let mut backoff = Duration::from_millis(500);
@@ -151,6 +159,7 @@ async fn deliver_loop(
             match deliver_once(&cfg, &doc, &client).await {
                 Ok(()) => {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics.notification(&cfg.name, "delivered");
                     break;
                 }
                 Err(e) if attempt < cfg.max_retries => {
@@ -161,6 +170,7 @@ async fn deliver_loop(
                 }
                 Err(e) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
+                    metrics.notification(&cfg.name, "failed");
                     tracing::error!(receiver = %cfg.name, error = %e, "notification given up after retries");
                     break;
                 }

@@ -107,7 +107,13 @@ impl Levee {
             .mul_f64(cfg.observe.alerting.time_scale);
         let shared = Shared::new(cfg).map_err(StartError::AccessLog)?;
         if let Some(j) = journal_cfg {
-            let j = crate::journal::Journal::start(&j, quiet).map_err(StartError::Journal)?;
+            let j = crate::journal::Journal::start(
+                &j,
+                quiet,
+                shared.metrics.journal_dropped.clone(),
+                shared.metrics.journal_errors.clone(),
+            )
+            .map_err(StartError::Journal)?;
             let _ = shared.observe.journal.set(j);
         }
         shared.restart_health_checks();
