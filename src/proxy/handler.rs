@@ -69,6 +69,9 @@ pub async fn handle(
         pool: None,
     };
 
+    // Every request counts towards the client's recent rate, refused ones included: fair
+    // admission orders clients by what they send, not by what gets through.
+    let score = shared.rates.record(&client);
     match shared.shield.admit_request(client, req.uri().path()) {
         Ok(t) => ctx.ticket = t,
         Err(rej) => {
@@ -172,7 +175,6 @@ pub async fn handle(
     drop(inner_cfg);
 
     // Admission.
-    let score = shared.rates.record(&client);
     pool.budget.record_request();
     let permit = match pool.admit(score, hash).await {
         Ok(p) => p,
