@@ -79,10 +79,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// `file:line: severity[ID]: key: message (fix: ...)`, one line for logs and API answers.
+    /// `file:line: severity[ID] key: message (fix: ...)`, one line for logs and API answers.
     pub fn line(&self, file: &str) -> String {
         format!(
-            "{file}:{}: {}[{}]: {}: {} (fix: {})",
+            "{file}:{}: {}[{}] {}: {} (fix: {})",
             self.line,
             self.severity.as_str(),
             self.id,
