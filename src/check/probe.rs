@@ -158,13 +158,13 @@ async fn step(run: &Arc<Run>, c: u32, dur: Duration) -> Step {
     }
     let mut lat = Vec::new();
     let (mut requests, mut errors, mut error) = (0u64, 0u64, None);
-    let mut last = warm;
     while let Some(r) = tasks.join_next().await {
         for (at, res) in r.unwrap_or_default() {
             match res {
-                Ok(l) if at >= warm => {
+                // Only what completes within the measured window: the drain after `end`
+                // runs with fewer requests in flight, so it is faster than the step.
+                Ok(l) if at >= warm && at <= end => {
                     requests += 1;
-                    last = last.max(at);
                     lat.push(l.as_secs_f64() * 1000.0);
                 }
                 Ok(_) => {}
@@ -181,7 +181,7 @@ async fn step(run: &Arc<Run>, c: u32, dur: Duration) -> Step {
             .copied()
             .unwrap_or(0.0)
     };
-    let window = last.max(end).saturating_duration_since(warm).as_secs_f64();
+    let window = end.saturating_duration_since(warm).as_secs_f64();
     Step {
         concurrency: c,
         requests,
@@ -343,8 +343,8 @@ pub fn text(r: &ProbeResult) -> String {
     let _ = writeln!(s, "stopped: {}", r.stopped);
     let _ = writeln!(
         s,
-        "knee: {} in flight reach {:.0}% of the best throughput ({:.0}/s); more only adds latency",
-        r.recommended_max_concurrency, 90.0, r.capacity_rps
+        "knee: {} in flight already reach 90% of the best throughput ({:.0}/s); more in flight only adds latency",
+        r.recommended_max_concurrency, r.capacity_rps
     );
     let _ = writeln!(
         s,
