@@ -117,7 +117,6 @@ async fn stops_at_the_first_errors_and_keeps_the_request_budget() {
             latency: Duration::from_millis(20),
             crash_above: Some(6),
             down_for: Duration::from_secs(30),
-            ..Default::default()
         })
         .await;
         let url = format!("http://{}/", b.addr());
