@@ -67,10 +67,9 @@ async fn run(mode: &str, pool: &str) -> Vec<String> {
     for _ in 0..CLIENTS {
         let (url, stop) = (url.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let c = hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http::<Empty<Bytes>>();
+            let c =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<Empty<Bytes>>();
             let mut out = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -172,8 +171,12 @@ async fn run(mode: &str, pool: &str) -> Vec<String> {
             p.server_in_flight.iter().sum::<f64>() / p.server_in_flight.len().max(1) as f64;
         let tput = p.ok as f64 / p.secs;
         rows.push(format!(
-            "| {mode} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {:.0} | {} |",
-            if i == 0 { "A: capacity 40" } else { "B: capacity 10" },
+            "| {mode} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {:.1} | {} | {} |",
+            if i == 0 {
+                "A: capacity 40"
+            } else {
+                "B: capacity 10"
+            },
             if i == 0 { cap_a } else { cap_b },
             tput,
             pct(&p.lat, 0.5),
@@ -181,7 +184,11 @@ async fn run(mode: &str, pool: &str) -> Vec<String> {
             p.shed,
             p.failed,
             mean_inflight,
-            mean_inflight / tput.max(1e-9) * 1000.0,
+            if tput > 0.0 {
+                format!("{:.0}", mean_inflight / tput * 1000.0)
+            } else {
+                "-".into()
+            },
             if i == 0 {
                 String::from("")
             } else {
