@@ -353,6 +353,15 @@ async fn forward(
                 "504 the server did not answer in time\n",
             ),
         };
+        if let Some(a) = &pcfg.adaptive {
+            // Response times teach the adaptive limit; a timeout is the slowest answer of all.
+            if matches!(
+                outcome,
+                Outcome::Response(..) | Outcome::Error(_, Reason::UpstreamTimeout, _)
+            ) {
+                server.record_latency(a, sent.elapsed(), crate::clock::now_ms());
+            }
+        }
         let (retryable, server_failed) = match &outcome {
             Outcome::Response(r, _) => {
                 let s = r.status().as_u16();
