@@ -122,6 +122,18 @@ const RULE_FIXTURES: &[(&str, &str, &str, &str)] = &[
         "bind = \"0.0.0.0:0\"",
     ),
     (
+        "L016_shield_off_on_public_listener.toml",
+        "L016",
+        "error",
+        "enabled = false",
+    ),
+    (
+        "L017_client_rate_above_capacity.toml",
+        "L017",
+        "warning",
+        "rate = 2000",
+    ),
+    (
         "L101_capacity_model_incomplete.toml",
         "L101",
         "warning",

@@ -135,6 +135,20 @@ pub const RULES: &[Rule] = &[
         admin_public
     ),
     rule!(
+        "L016",
+        "shield-off-on-public-listener",
+        Error,
+        "a listener reachable from the network without the shield forwards every flood and slowloris to the caps, and nothing ever bans the sources, as in the outage.",
+        shield_off_public
+    ),
+    rule!(
+        "L017",
+        "client-rate-above-capacity",
+        Warning,
+        "a per-client rate limit above what the whole pool can serve lets one client alone saturate the pool before the shield sees anything wrong.",
+        client_rate_above_capacity
+    ),
+    rule!(
         "L101",
         "capacity-model-incomplete",
         Warning,
@@ -180,14 +194,6 @@ pub const RULES: &[Rule] = &[
 
 /// Rules that wait for config sections that do not exist yet: (name, what it will check).
 pub const PLANNED: &[(&str, &str)] = &[
-    (
-        "shield-off-on-public-listener",
-        "the shield off, or in detect-only mode, on a listener that is not loopback",
-    ),
-    (
-        "client-rate-above-capacity",
-        "a per-client rate limit above the capacity of the pool it protects",
-    ),
     (
         "alerts-off",
         "no alert rules, or no notifier, so an overload goes unnoticed",
@@ -454,5 +460,41 @@ fn admin_public(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
         out.push(cx.finding(rule, Severity::Warning, "admin.bind",
             format!("the admin API listens on {bind}, which is not loopback (a token protects it)"),
             "bind it to 127.0.0.1 and reach it through SSH or a private network; keep token_file either way"));
+    }
+}
+
+fn shield_off_public(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
+    let bind = cx.cfg.listener.bind;
+    if bind.ip().is_loopback() {
+        return;
+    }
+    let sh = &cx.cfg.shield;
+    if !sh.enabled {
+        out.push(cx.finding(rule, Severity::Error, "shield.enabled",
+            format!("the shield is off on {bind}, a listener that is not loopback"),
+            "remove `enabled = false` from [shield] (or bind the listener to loopback behind another proxy)"));
+    } else if sh.detect_only {
+        out.push(cx.finding(rule, Severity::Warning, "shield.mode",
+            format!("the shield only detects on {bind}: nothing is limited or banned"),
+            "once the would-block counts (levee_shield_would_block_total) look right, set mode = \"enforce\""));
+    }
+}
+
+fn client_rate_above_capacity(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
+    let sh = &cx.cfg.shield;
+    if !sh.enabled {
+        return;
+    }
+    let smallest = cx
+        .capacity
+        .iter()
+        .filter_map(|p| p.capacity_rps.map(|c| (p, c)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((p, cap)) = smallest
+        && sh.rate > cap
+    {
+        out.push(cx.finding(rule, Severity::Warning, "shield.rate",
+            format!("one client may send {:.0} requests/s, more than pool {} can serve ({cap:.0}/s)", sh.rate, p.pool),
+            format!("set shield.rate well under {cap:.0} (a browser needs a few per second; bursts are what `burst` is for)")));
     }
 }
