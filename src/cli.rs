@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the load balancer with a config file
     Serve(ServeArgs),
-    /// Validate a config file (parse and check every key); exit 2 on problems
+    /// Review a config file for safety: exit 0 clean, 1 findings at or above --fail-on, 2 invalid
     Check(CheckArgs),
     /// Start three simulated backends and levee in front of them, with a safe built-in config
     Demo(crate::demo::DemoArgs),
@@ -28,6 +28,8 @@ pub enum Command {
     Backend(BackendArgs),
     /// List, add or lift bans on a running levee (through its admin API)
     Ban(BanArgs),
+    /// Measure a server's capacity step by step and print the config to paste
+    Probe(ProbeArgs),
     /// Draft the postmortem of an incident from the journal (Markdown or JSON)
     Postmortem(PostmortemArgs),
     /// Print the runbook of every alert: what it means and what to do
@@ -63,8 +65,41 @@ pub struct ServeArgs {
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// The config file (TOML)
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[arg(long, short, required_unless_present = "list_rules")]
+    pub config: Option<PathBuf>,
+    /// Output format: text (a reviewer's comments) or json (for CI)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Exit 1 when a finding is at or above this severity: error or warning
+    #[arg(long, default_value = "error", value_parser = clap::value_parser!(crate::check::Severity))]
+    pub fail_on: crate::check::Severity,
+    /// Print every rule (id, severity, name, why) and exit
+    #[arg(long)]
+    pub list_rules: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to probe (GET), e.g. http://127.0.0.1:9001/
+    pub url: String,
+    /// Total time budget, e.g. 30s
+    #[arg(long, default_value = "30s", value_parser = crate::backend::parse_duration)]
+    pub max_time: std::time::Duration,
+    /// Stop raising concurrency once the median latency passes this, e.g. 1s
+    #[arg(long, default_value = "1s", value_parser = crate::backend::parse_duration)]
+    pub max_latency: std::time::Duration,
+    /// Highest concurrency tried
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrency: u32,
+    /// Most requests sent in all
+    #[arg(long, default_value_t = 200_000)]
+    pub max_requests: u64,
+    /// Allow a URL that is not on this machine (a probe is a load test: ask first)
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Output format: text (steps and a TOML snippet) or json
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -109,23 +144,8 @@ fn init_tracing() {
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Serve(a) => serve(a).await,
-        Command::Check(a) => match Config::load(&a.config) {
-            Ok(cfg) => {
-                println!(
-                    "{}: ok ({} pool{}, {} route{})",
-                    a.config.display(),
-                    cfg.pools.len(),
-                    if cfg.pools.len() == 1 { "" } else { "s" },
-                    cfg.routes.len(),
-                    if cfg.routes.len() == 1 { "" } else { "s" }
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprint!("levee: {e}");
-                Ok(ExitCode::from(2))
-            }
-        },
+        Command::Check(a) => Ok(check(a)),
+        Command::Probe(a) => probe(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Ban(a) => ban(a).await,
         Command::Backend(a) => {
@@ -167,13 +187,137 @@ fn postmortem(a: PostmortemArgs) -> ExitCode {
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load(&a.config) {
+fn check(a: CheckArgs) -> ExitCode {
+    use crate::check::{self, report};
+    if a.list_rules {
+        print!("{}", report::rule_list());
+        return ExitCode::SUCCESS;
+    }
+    let Some(path) = a.config else {
+        eprintln!("levee: check needs --config FILE");
+        return ExitCode::from(2);
+    };
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            if a.format == "json" {
+                let v = serde_json::json!({ "schema": 1, "file": e.file, "ok": false, "invalid": true, "problems": e.lines() });
+                println!("{v:#}");
+            }
+            eprint!("levee: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let review = check::review(&cfg);
+    if a.format == "json" {
+        println!("{:#}", report::json(&review, a.fail_on));
+    } else {
+        print!("{}", report::text(&review, a.fail_on, cfg.pools.len()));
+    }
+    if review.at_or_above(a.fail_on).next().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
+    use crate::check::probe;
+    let opts = probe::ProbeOptions {
+        url: a.url.clone(),
+        max_time: a.max_time,
+        max_latency: a.max_latency,
+        max_concurrency: a.max_concurrency,
+        max_requests: a.max_requests,
+        allow_remote: a.allow_remote,
+    };
+    if let Err(e) = probe::check_url(&a.url, a.allow_remote) {
+        eprintln!("levee: probe: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let text = a.format == "text";
+    if text {
+        eprintln!(
+            "levee probe {}: raising concurrency until the knee (at most {}, {} requests, median latency {})",
+            a.url,
+            crate::config::units::fmt_duration(a.max_time),
+            a.max_requests,
+            crate::config::units::fmt_duration(a.max_latency)
+        );
+    }
+    let result = probe::probe(&opts, |s| {
+        if text {
+            eprintln!(
+                "  concurrency {:>5}: {:>8.0}/s, mean {:.1}ms, p90 {:.1}ms{}",
+                s.concurrency,
+                s.throughput_rps,
+                s.mean_ms,
+                s.p90_ms,
+                if s.errors > 0 {
+                    format!(", {} errors", s.errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    })
+    .await;
+    match result {
+        Ok(r) => {
+            if text {
+                print!("{}", probe::text(&r));
+            } else {
+                println!(
+                    "{:#}",
+                    serde_json::json!({ "result": r, "snippet": probe::snippet(&r) })
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("levee: probe: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Loads and reviews the config for `serve`: `None` (after printing why) when it is invalid or
+/// has error-severity findings; warnings are logged.
+fn load_reviewed(path: &std::path::Path) -> Option<Config> {
+    let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprint!("levee: {e}");
-            return Ok(ExitCode::from(2));
+            return None;
         }
+    };
+    let review = crate::check::review(&cfg);
+    if review.has_errors() {
+        eprintln!(
+            "levee: {} is not safe to serve ({} error finding{}; `levee check --config {}` explains each):",
+            review.file,
+            review.count(crate::check::Severity::Error),
+            if review.count(crate::check::Severity::Error) == 1 {
+                ""
+            } else {
+                "s"
+            },
+            path.display()
+        );
+        for l in review.lines(crate::check::Severity::Error) {
+            eprintln!("  {l}");
+        }
+        return None;
+    }
+    for l in review.lines(crate::check::Severity::Warning) {
+        tracing::warn!("config review: {l}");
+    }
+    Some(cfg)
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load_reviewed(&a.config) else {
+        return Ok(ExitCode::from(2));
     };
     let levee = match crate::proxy::Levee::start(cfg).await {
         Ok(l) => l,

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -460,3 +460,79 @@ async fn backend_command_serves_stats() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_command_adds_lists_and_lifts_bans() {
+    bounded(Duration::from_secs(60), async {
+        let b = fast_backend().await;
+        let dir = tempdir("ban");
+        let f = dir.join("levee.toml");
+        std::fs::write(&f, config_full(&[b.addr()], "", "[shield]\nenabled = true")).unwrap();
+        let (_p, url, admin) = serve(&f);
+        let ban = |args: Vec<String>| {
+            let admin = admin.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut a = vec!["ban".to_string(), "--admin".into(), admin];
+                    a.extend(args);
+                    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                    run(&refs)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let c = client_from(Some("127.0.50.1".parse().unwrap()));
+        assert_eq!(get(&c, &format!("{url}/")).await.unwrap().status, 200);
+        let (code, out, err) = ban(vec![
+            "add".into(),
+            "127.0.50.0/24".into(),
+            "--duration".into(),
+            "1h".into(),
+            "--reason".into(),
+            "credential stuffing".into(),
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("banned 127.0.50.0/24"), "{out}");
+        let a = get(&c, &format!("{url}/")).await;
+        assert!(
+            matches!(&a, Ok(x) if x.status == 403) || a.is_err(),
+            "the next request is refused: {a:?}"
+        );
+        let (code, out, _) = ban(vec!["list".into()]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("127.0.50.0/24")
+                && out.contains("manual")
+                && out.contains("credential stuffing")
+                && out.contains("1 ban in force"),
+            "{out}"
+        );
+        let (code, out, _) = ban(vec!["remove".into(), "127.0.50.0/24".into()]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("lifted"), "{out}");
+        assert_eq!(
+            get(
+                &client_from(Some("127.0.50.1".parse().unwrap())),
+                &format!("{url}/")
+            )
+            .await
+            .unwrap()
+            .status,
+            200
+        );
+        // Bad input and an unreachable admin API.
+        let (code, _, err) = ban(vec!["add".into(), "nonsense".into()]).await;
+        assert_eq!(code, 2);
+        assert!(err.contains("nonsense"), "{err}");
+        let (code, _, err) = ban(vec!["remove".into(), "127.0.51.1".into()]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("no ban on 127.0.51.1/32"), "{err}");
+        let (code, _, err) = run(&["ban", "--admin", "http://127.0.0.1:1", "list"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot reach the admin API"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

@@ -360,7 +360,7 @@ async fn detect_mode_blocks_nothing_and_counts_what_it_would_block() {
 async fn a_spike_is_reported_as_an_attack_with_its_top_sources() {
     bounded(Duration::from_secs(60), async {
         let b = fast_backend().await;
-        let text = shield_config(&[b.addr()], "rate = 1000\nburst = 1000\n[shield.bans]\nenabled = false\n[shield.attack]\nfactor = 3\nfloor_rps = 50\nfor = \"2s\"\ncooldown = \"2s\"\nbaseline_window = \"10s\"");
+        let text = shield_config(&[b.addr()], "rate = 100\nburst = 100\n[shield.bans]\nenabled = false\n[shield.attack]\nfactor = 3\nfloor_rps = 50\nfor = \"2s\"\ncooldown = \"2s\"\nbaseline_window = \"10s\"");
         let l = levee(&text).await;
         let url = format!("http://{}/", l.addr);
         let mut events = l.shared.events.subscribe();
@@ -399,6 +399,22 @@ async fn a_spike_is_reported_as_an_attack_with_its_top_sources() {
         assert!(ev.data["sources"].as_u64().unwrap() >= 2);
         assert_eq!(ev.data["top_subnets"][0]["subnet"], "127.0.15.0/24");
         assert_eq!(metric(&l, "levee_shield_attack_active").await, Some(1.0));
+        // Under attack, per-client limits tighten (under_attack_rate_factor 0.5): a burst of
+        // 60 requests (under the 64-connection cap), within the peacetime burst of 100, now meets
+        // a burst of 50.
+        let probe = client_from(Some(ip("127.0.17.1")));
+        let mut burst = Vec::new();
+        for _ in 0..60 {
+            let (c, url) = (probe.clone(), url.clone());
+            burst.push(tokio::spawn(async move { get(&c, &url).await.map(|a| a.status) }));
+        }
+        let mut limited = 0;
+        for b in burst {
+            if b.await.unwrap() == Ok(429) {
+                limited += 1;
+            }
+        }
+        assert!(limited >= 5, "under attack, a burst past the halved limit is refused: {limited} of 60");
         for t in tasks {
             t.await.unwrap();
         }
@@ -411,6 +427,16 @@ async fn a_spike_is_reported_as_an_attack_with_its_top_sources() {
         })
         .await
         .expect("attack_ended after the flood stops");
+        // In peacetime the same burst from a fresh client passes whole.
+        let calm = client_from(Some(ip("127.0.17.2")));
+        let mut burst = Vec::new();
+        for _ in 0..60 {
+            let (c, url) = (calm.clone(), url.clone());
+            burst.push(tokio::spawn(async move { get(&c, &url).await.map(|a| a.status) }));
+        }
+        for b in burst {
+            assert_eq!(b.await.unwrap(), Ok(200));
+        }
     })
     .await;
 }

@@ -22,17 +22,17 @@ const LEGIT: u32 = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_stays_up_under_a_flood_from_a_thousand_sources() {
     bounded(Duration::from_secs(60), async {
-        // Each backend: fine up to 8 concurrent requests of 120 ms, crashes above 12.
-        let opts = BackendOptions { capacity: 8, latency: Duration::from_millis(120), crash_above: Some(12), down_for: Duration::from_secs(30) };
+        // Each backend: fine up to 8 concurrent requests of 150 ms, crashes above 12.
+        let opts = BackendOptions { capacity: 8, latency: Duration::from_millis(150), crash_above: Some(12), down_for: Duration::from_secs(30) };
         let bs = [backend(opts.clone()).await, backend(opts.clone()).await, backend(opts).await];
         let addrs: Vec<_> = bs.iter().map(|b| b.addr()).collect();
-        // Pool capacity: 3 servers x 8 in flight / 120 ms = 200 requests/s.
-        let capacity_rps = 3.0 * 8.0 / 0.12;
+        // Pool capacity: 3 servers x 8 in flight / 150 ms = 160 requests/s.
+        let capacity_rps = 3.0 * 8.0 / 0.15;
         let text = config_full(
             &addrs,
             "max_concurrency = 8\nqueue_size = 64\nqueue_timeout = \"1s\"",
             // 3 requests/s per client: legitimate users (2/s) fit, flood sources (5/s) do not.
-            "[shield]\nrate = 3\nburst = 3\n[shield.bans]\nthreshold = 5\nweight_rate_limited = 2\nduration = \"5m\"\n[shield.attack]\nunder_attack_rate_factor = 1.0",
+            "[shield]\nrate = 3\nburst = 3\n[shield.bans]\nthreshold = 5\nweight_rate_limited = 3\nduration = \"5m\"\n[shield.attack]\nunder_attack_rate_factor = 1.0",
         );
         let l = levee(&text).await;
         let url = format!("http://{}/", l.addr);

@@ -141,7 +141,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         (&Method::POST, "/api/reload") => match crate::proxy::reload(shared).await {
             Ok(o) => json_resp(
                 StatusCode::OK,
-                &json!({ "ok": true, "generation": o.generation, "warnings": o.warnings }),
+                &json!({ "ok": true, "generation": o.generation, "warnings": o.warnings, "findings": o.findings }),
+            ),
+            Err(crate::proxy::ReloadError::Unsafe { lines, findings }) => json_resp(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "error": "config rejected by the review (levee check); the previous config keeps serving", "details": lines, "findings": findings }),
             ),
             Err(e) => error(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -4,6 +4,7 @@
 //! Two stages: `raw.rs` mirrors the file (serde, unknown keys rejected), `validate.rs` turns it
 //! into [`Config`] and reports every problem at once, not the first only.
 
+pub mod locate;
 pub mod observe;
 mod raw;
 pub mod shield;
@@ -12,9 +13,11 @@ pub mod units;
 mod validate;
 
 use ipnet::IpNet;
+pub use locate::{Location, Locations};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A validated configuration. Immutable; a reload builds a new one and swaps it in.
@@ -33,6 +36,8 @@ pub struct Config {
     pub observe: observe::Observe,
     /// `[shield]`.
     pub shield: shield::Shield,
+    /// Where each key is written in the file (for reviewers such as `levee check`).
+    pub locations: Arc<Locations>,
 }
 
 /// `[listener]`, validated.
@@ -110,7 +115,23 @@ pub struct Server {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// The hard cap on in-flight requests; with `max_concurrency = "auto"`, the upper bound of
+    /// the learned limit.
     pub max_concurrency: u32,
+    /// Declared capacity (requests per second), for `levee check` only.
+    pub capacity_rps: Option<f64>,
+}
+
+/// `[pools.NAME.adaptive]`, validated: present when `max_concurrency = "auto"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adaptive {
+    pub min: u32,
+    pub max: u32,
+    pub initial: u32,
+    pub tolerance: f64,
+    pub smoothing: f64,
+    pub window: Duration,
+    pub min_samples: u32,
 }
 
 /// `[pools.NAME.health_check]`, validated.
@@ -160,6 +181,12 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     pub outlier: Outlier,
     pub retry: Retry,
+    /// `Some` when `max_concurrency = "auto"`: each server's cap is learned within these bounds.
+    pub adaptive: Option<Adaptive>,
+    /// Expected peak (requests per second), for `levee check` only.
+    pub peak_rps: Option<f64>,
+    /// Typical response time at normal load, for `levee check` only.
+    pub typical_latency: Option<Duration>,
 }
 
 /// `[[routes]]`, validated.
@@ -256,10 +283,12 @@ impl Config {
                 message: e.message().trim().to_string(),
             }],
         })?;
-        validate::validate(raw, text, base_dir).map_err(|problems| ConfigError {
+        let mut cfg = validate::validate(raw, text, base_dir).map_err(|problems| ConfigError {
             file: file.to_string(),
             problems,
-        })
+        })?;
+        cfg.locations = Arc::new(Locations::index(text, file));
+        Ok(cfg)
     }
 
     /// Index of the pool with this name.

@@ -123,9 +123,10 @@ pub struct RawPool {
     #[serde(default = "default_algorithm")]
     pub algorithm: Spanned<String>,
     /// Per server: hard cap on in-flight requests from levee. Default `64`: finite, so a
-    /// config that forgets it can never forward an unbounded flood.
+    /// config that forgets it can never forward an unbounded flood. `"auto"` learns each
+    /// server's limit from its latency, within the bounds of `[pools.NAME.adaptive]`.
     #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: Spanned<u64>,
+    pub max_concurrency: Spanned<RawMaxConcurrency>,
     /// Requests that may wait for a free server, per pool. Default `128`. `0` sheds at once.
     #[serde(default = "default_queue_size")]
     pub queue_size: u64,
@@ -164,6 +165,93 @@ pub struct RawPool {
     /// Retries.
     #[serde(default)]
     pub retry: RawRetry,
+    /// Bounds and tuning of `max_concurrency = "auto"`. Default: the defaults of
+    /// [`RawAdaptive`]; only allowed with `"auto"`.
+    #[serde(default)]
+    pub adaptive: Option<Spanned<RawAdaptive>>,
+    /// The expected peak request rate of the pool (requests per second), for `levee check`'s
+    /// capacity model. Default none: no peak, no headroom review. Not used by the proxy.
+    #[serde(default)]
+    pub peak_rps: Option<f64>,
+    /// A typical response time of the pool's servers at normal load (e.g. `"20ms"`), for
+    /// Little's law in `levee check` (concurrency = rate × latency). Default none. Not used by
+    /// the proxy.
+    #[serde(default)]
+    pub typical_latency: Option<Dur>,
+}
+
+/// `max_concurrency`: a number or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMaxConcurrency {
+    Fixed(u64),
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for RawMaxConcurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawMaxConcurrency;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of requests such as 64, or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawMaxConcurrency, E> {
+                Ok(RawMaxConcurrency::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawMaxConcurrency, E> {
+                u64::try_from(v)
+                    .map(RawMaxConcurrency::Fixed)
+                    .map_err(|_| E::custom("max_concurrency cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawMaxConcurrency, E> {
+                match v {
+                    "auto" => Ok(RawMaxConcurrency::Auto),
+                    other => Err(E::custom(format!(
+                        "{other:?} is not a max_concurrency: write a number such as 64, or \"auto\""
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[pools.NAME.adaptive]`: how `max_concurrency = "auto"` learns each server's limit.
+///
+/// Every sampling `window`, levee compares the mean response time of the window with the
+/// server's baseline (the response time when it is not queueing) and moves the limit by a
+/// gradient: `new = limit × clamp(tolerance × baseline / latency, 0.5, 1) + √limit`, smoothed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    /// The limit never goes below this. Default `2`: a slow server still gets a trickle, so
+    /// levee notices when it recovers.
+    #[serde(default = "two_u64")]
+    pub min: u64,
+    /// The limit never goes above this (a server's own `max_concurrency` lowers it further).
+    /// Default `64`, the static default: "auto" never sends more than a config that forgot
+    /// `max_concurrency` would, unless you raise it.
+    #[serde(default = "default_max_concurrency_u64")]
+    pub max: u64,
+    /// The limit a server starts with (also a server added by a reload). Default `16` (within
+    /// min and max): low enough to be safe before anything is known.
+    #[serde(default = "sixteen")]
+    pub initial: u64,
+    /// How far the response time may rise above the baseline before the limit is cut:
+    /// `1.25` allows 25% of queueing. Default `1.25`; from 1.0 to 10.0.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// How much of each new estimate is taken (0 to 1). Default `0.2`: a noisy window moves the
+    /// limit a little, a sustained slowdown moves it a lot within a few windows.
+    #[serde(default = "default_smoothing")]
+    pub smoothing: f64,
+    /// Length of a sampling window. Default `100ms`.
+    #[serde(default = "default_window")]
+    pub window: Dur,
+    /// Responses needed before a window counts (it is extended until then). Default `10`:
+    /// one slow request cannot swing the limit.
+    #[serde(default = "ten")]
+    pub min_samples: u32,
 }
 
 /// One server entry: a string or a table.
@@ -172,6 +260,7 @@ pub struct RawServer {
     pub address: String,
     pub weight: u32,
     pub max_concurrency: Option<u64>,
+    pub capacity_rps: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -182,9 +271,13 @@ struct RawServerTable {
     /// Relative share for `weighted_round_robin` and hashing. Default `1`.
     #[serde(default = "one")]
     weight: u32,
-    /// Overrides the pool's `max_concurrency` for this server.
+    /// Overrides the pool's `max_concurrency` for this server (with `"auto"`: its upper bound).
     #[serde(default)]
     max_concurrency: Option<u64>,
+    /// Requests per second this server can serve (measure it with `levee probe`), for
+    /// `levee check`'s capacity model. Default none. Not used by the proxy.
+    #[serde(default)]
+    capacity_rps: Option<f64>,
 }
 
 impl<'de> Deserialize<'de> for RawServer {
@@ -194,7 +287,7 @@ impl<'de> Deserialize<'de> for RawServer {
             type Value = RawServer;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str(
-                    "\"host:port\" or { address = \"host:port\", weight = N, max_concurrency = N }",
+                    "\"host:port\" or { address = \"host:port\", weight = N, max_concurrency = N, capacity_rps = N }",
                 )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawServer, E> {
@@ -202,6 +295,7 @@ impl<'de> Deserialize<'de> for RawServer {
                     address: v.to_string(),
                     weight: 1,
                     max_concurrency: None,
+                    capacity_rps: None,
                 })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -214,6 +308,7 @@ impl<'de> Deserialize<'de> for RawServer {
                     address: t.address,
                     weight: t.weight,
                     max_concurrency: t.max_concurrency,
+                    capacity_rps: t.capacity_rps,
                 })
             }
         }
@@ -357,8 +452,29 @@ fn default_log_path() -> String {
 fn default_algorithm() -> Spanned<String> {
     spanned("least_request".into())
 }
-fn default_max_concurrency() -> Spanned<u64> {
-    spanned(64)
+fn default_max_concurrency() -> Spanned<RawMaxConcurrency> {
+    spanned(RawMaxConcurrency::Fixed(64))
+}
+fn default_max_concurrency_u64() -> u64 {
+    64
+}
+fn two_u64() -> u64 {
+    2
+}
+fn sixteen() -> u64 {
+    16
+}
+fn ten() -> u32 {
+    10
+}
+fn default_tolerance() -> f64 {
+    1.25
+}
+fn default_smoothing() -> f64 {
+    0.2
+}
+fn default_window() -> Dur {
+    Dur(Duration::from_millis(100))
 }
 fn default_queue_size() -> u64 {
     128
@@ -427,5 +543,6 @@ default_from_empty!(
     RawAccessLog,
     RawHealthCheck,
     RawOutlier,
-    RawRetry
+    RawRetry,
+    RawAdaptive
 );

@@ -1,9 +1,9 @@
 //! Raw file structs → validated [`Config`], collecting every problem with its location.
 
-use super::raw::{RawConfig, RawPool};
+use super::raw::{RawConfig, RawMaxConcurrency, RawPool};
 use super::{
-    AccessLog, Admin, Algorithm, Config, HashKey, HealthCheck, Listener, LogFormat, Outlier, Pool,
-    Problem, Retry, Route, Server, line_col,
+    AccessLog, Adaptive, Admin, Algorithm, Config, HashKey, HealthCheck, Listener, LogFormat,
+    Outlier, Pool, Problem, Retry, Route, Server, line_col,
 };
 use ipnet::IpNet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -265,6 +265,7 @@ pub(super) fn validate(
         routes,
         observe,
         shield,
+        locations: Default::default(),
     })
 }
 
@@ -289,7 +290,12 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool) -> Option<Pool> {
             Algorithm::LeastRequest
         }
     };
-    let cap = *p.max_concurrency.get_ref();
+    let auto = *p.max_concurrency.get_ref() == RawMaxConcurrency::Auto;
+    let adaptive = adaptive(cx, name, p);
+    let cap = match *p.max_concurrency.get_ref() {
+        RawMaxConcurrency::Fixed(n) => n,
+        RawMaxConcurrency::Auto => adaptive.as_ref().map_or(64, |a| u64::from(a.max)),
+    };
     if cap == 0 {
         cx.at(&p.max_concurrency, k("max_concurrency"), "0 would send nothing to the servers: set the number of requests one server can work on at once");
     } else if cap > 1_000_000 {
@@ -336,7 +342,41 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool) -> Option<Pool> {
             addr,
             weight: s.weight.max(1),
             max_concurrency: u32::try_from(server_cap.clamp(1, 1_000_000)).unwrap_or(1),
+            capacity_rps: s.capacity_rps,
         });
+        if let Some(c) = s.capacity_rps
+            && !(c.is_finite() && c > 0.0)
+        {
+            cx.at(
+                &p.servers,
+                format!("{key}.capacity_rps"),
+                "must be a number of requests per second above zero",
+            );
+        }
+        if auto
+            && let (Some(m), Some(a)) = (s.max_concurrency, adaptive.as_ref())
+            && m < u64::from(a.min)
+        {
+            cx.at(
+                &p.servers,
+                format!("{key}.max_concurrency"),
+                format!(
+                    "{m} is below adaptive.min ({}): the learned limit could not reach its minimum",
+                    a.min
+                ),
+            );
+        }
+    }
+    if let Some(peak) = p.peak_rps
+        && !(peak.is_finite() && peak > 0.0)
+    {
+        cx.key(
+            k("peak_rps"),
+            "must be a number of requests per second above zero",
+        );
+    }
+    if p.typical_latency.is_some_and(|d| d.0.is_zero()) {
+        cx.key(k("typical_latency"), "must be above zero");
     }
     if p.queue_size > 0 && p.queue_timeout.0.is_zero() {
         cx.key(
@@ -452,5 +492,78 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool) -> Option<Pool> {
             budget_window: r.budget_window.0,
             budget_min_per_second: r.budget_min_per_second,
         },
+        adaptive,
+        peak_rps: p.peak_rps,
+        typical_latency: p.typical_latency.map(|d| d.0),
+    })
+}
+
+/// `[pools.NAME.adaptive]`: `Some` only with `max_concurrency = "auto"` (defaults when the
+/// table is left out); the table without `"auto"` is a problem.
+fn adaptive(cx: &mut Ctx, name: &str, p: &RawPool) -> Option<Adaptive> {
+    let k = |s: &str| format!("pools.{name}.adaptive.{s}");
+    let auto = *p.max_concurrency.get_ref() == RawMaxConcurrency::Auto;
+    if !auto {
+        if let Some(t) = &p.adaptive {
+            cx.at(
+                t,
+                format!("pools.{name}.adaptive"),
+                "is only used with max_concurrency = \"auto\": remove it or set max_concurrency = \"auto\"",
+            );
+        }
+        return None;
+    }
+    let default;
+    let a = match &p.adaptive {
+        Some(t) => t.get_ref(),
+        None => {
+            default = super::raw::RawAdaptive::default();
+            &default
+        }
+    };
+    let before = cx.problems.len();
+    if a.min == 0 {
+        cx.key(
+            k("min"),
+            "must be at least 1: a limit of 0 would never let levee see the server recover",
+        );
+    }
+    if a.max < a.min || a.max > 1_000_000 {
+        cx.key(
+            k("max"),
+            format!("must be between adaptive.min ({}) and 1000000", a.min),
+        );
+    }
+    if !(1.0..=10.0).contains(&a.tolerance) {
+        cx.key(
+            k("tolerance"),
+            "must be between 1.0 and 10.0 (1.25 lets latency rise 25% before the limit is cut)",
+        );
+    }
+    if !(a.smoothing > 0.0 && a.smoothing <= 1.0) {
+        cx.key(
+            k("smoothing"),
+            "must be above 0 and at most 1 (0.2 is usual)",
+        );
+    }
+    if a.window.0 < std::time::Duration::from_millis(10) {
+        cx.key(k("window"), "must be at least 10ms");
+    }
+    if a.min_samples == 0 {
+        cx.key(k("min_samples"), "must be at least 1");
+    }
+    if cx.problems.len() > before {
+        return None;
+    }
+    let min = u32::try_from(a.min).unwrap_or(u32::MAX);
+    let max = u32::try_from(a.max).unwrap_or(u32::MAX);
+    Some(Adaptive {
+        min,
+        max,
+        initial: u32::try_from(a.initial).unwrap_or(u32::MAX).clamp(min, max),
+        tolerance: a.tolerance,
+        smoothing: a.smoothing,
+        window: a.window.0,
+        min_samples: a.min_samples,
     })
 }

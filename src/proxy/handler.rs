@@ -72,6 +72,9 @@ pub async fn handle(
         route: None,
     };
 
+    // Every request counts towards the client's recent rate, refused ones included: fair
+    // admission orders clients by what they send, not by what gets through.
+    let score = shared.rates.record(&client);
     match shared.shield.admit_request(client, req.uri().path()) {
         Ok(t) => ctx.ticket = t,
         Err(rej) => {
@@ -176,7 +179,6 @@ pub async fn handle(
     drop(inner_cfg);
 
     // Admission.
-    let score = shared.rates.record(&client);
     pool.budget.record_request();
     let admit_start = Instant::now();
     let admitted = pool.admit(score, hash).await;
@@ -361,6 +363,15 @@ async fn forward(
                 "504 the server did not answer in time\n",
             ),
         };
+        if let Some(a) = &pcfg.adaptive {
+            // Response times teach the adaptive limit; a timeout is the slowest answer of all.
+            if matches!(
+                outcome,
+                Outcome::Response(..) | Outcome::Error(_, Reason::UpstreamTimeout, _)
+            ) {
+                server.record_latency(a, sent.elapsed(), crate::clock::now_ms());
+            }
+        }
         let (retryable, server_failed) = match &outcome {
             Outcome::Response(r, _) => {
                 let s = r.status().as_u16();

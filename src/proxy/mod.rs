@@ -1,5 +1,6 @@
 //! The proxy: listeners, the per-request pipeline, pools, admission, balancing, retries.
 
+pub mod adaptive;
 pub mod balance;
 pub mod body;
 pub mod conn;
@@ -42,6 +43,12 @@ pub enum StartError {
 pub enum ReloadError {
     #[error("{0}")]
     Invalid(ConfigError),
+    /// The file is valid but the review (`levee check`) found errors.
+    #[error("the config review found {} error(s)", .lines.len())]
+    Unsafe {
+        lines: Vec<String>,
+        findings: Vec<crate::check::Finding>,
+    },
     #[error("levee was started without a config file, so there is nothing to re-read")]
     NoFile,
     #[error("cannot apply the new config: {0}")]
@@ -53,6 +60,7 @@ impl ReloadError {
     pub fn details(&self) -> Vec<String> {
         match self {
             ReloadError::Invalid(e) => e.lines(),
+            ReloadError::Unsafe { lines, .. } => lines.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -246,7 +254,34 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadOutcome, ReloadError> 
             return Err(ReloadError::Apply(std::io::Error::other(e.to_string())));
         }
     };
-    match shared.apply(cfg) {
+    let review = crate::check::review(&cfg);
+    if review.has_errors() {
+        shared.metrics.reload(false);
+        let lines = review.lines(crate::check::Severity::Error);
+        for l in &lines {
+            tracing::error!(finding = %l, "config reload rejected by the review");
+        }
+        shared.events.publish(
+            crate::events::Event::new(
+                crate::events::EventKind::ConfigRejected,
+                format!(
+                    "config reload rejected: the review found {} error(s); the previous config keeps serving",
+                    lines.len()
+                ),
+            )
+            .data(serde_json::json!({ "findings": lines })),
+        );
+        return Err(ReloadError::Unsafe {
+            lines,
+            findings: review.findings,
+        });
+    }
+    let review_warnings = review.lines(crate::check::Severity::Warning);
+    match shared.apply(cfg).map(|mut o| {
+        o.warnings.extend(review_warnings);
+        o.findings = review.findings;
+        o
+    }) {
         Ok(o) => {
             shared.metrics.reload(true);
             for w in &o.warnings {

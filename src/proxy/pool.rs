@@ -7,6 +7,7 @@
 //! request from the lightest client. So a server never has more than its cap in flight from
 //! levee, whatever the load.
 
+use super::adaptive::Limiter;
 use super::balance;
 use super::retry_budget::RetryBudget;
 use crate::clock::now_ms;
@@ -45,12 +46,25 @@ pub struct ServerState {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     recovered_at: AtomicU64,
+    /// The learned limit with `max_concurrency = "auto"`.
+    limiter: Limiter,
+    /// The cap's upper bound (the configured cap; with "auto", its maximum).
+    upper: AtomicU32,
     pub counters: ServerCounters,
     events: EventBus,
 }
 
 impl ServerState {
-    fn new(pool: &str, s: &config::Server, metrics: &Metrics, events: &EventBus) -> ServerState {
+    fn new(
+        pool: &str,
+        s: &config::Server,
+        adaptive: Option<&config::Adaptive>,
+        metrics: &Metrics,
+        events: &EventBus,
+    ) -> ServerState {
+        let cap = initial_cap(s, adaptive);
+        let limiter = Limiter::default();
+        limiter.reset_limit(cap);
         let authority = http::uri::Authority::try_from(s.addr.to_string().as_str())
             .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
         ServerState {
@@ -59,7 +73,7 @@ impl ServerState {
             addr: s.addr,
             authority,
             in_flight: AtomicU32::new(0),
-            cap: AtomicU32::new(s.max_concurrency),
+            cap: AtomicU32::new(cap),
             weight: AtomicU32::new(s.weight),
             active_up: AtomicBool::new(true),
             check_ok: AtomicU32::new(0),
@@ -68,6 +82,8 @@ impl ServerState {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             recovered_at: AtomicU64::new(0),
+            limiter,
+            upper: AtomicU32::new(s.max_concurrency),
             counters: metrics.server_counters(pool, &s.name),
             events: events.clone(),
         }
@@ -81,6 +97,22 @@ impl ServerState {
     pub fn cap(&self) -> u32 {
         self.cap.load(Ordering::Relaxed)
     }
+    /// Records the response time of one request (with `max_concurrency = "auto"`); may move
+    /// the cap. Lock-free and allocation-free.
+    pub(crate) fn record_latency(&self, cfg: &config::Adaptive, latency: Duration, now: u64) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let upper = self.upper.load(Ordering::Relaxed);
+        if let Some(limit) = self
+            .limiter
+            .record(cfg, upper, self.cap(), us, self.in_flight(), now)
+        {
+            let limit = limit.clamp(cfg.min.min(upper), upper).max(1);
+            if self.cap.swap(limit, Ordering::Relaxed) != limit {
+                tracing::debug!(pool = %self.pool, server = %self.name, limit, baseline_ms = self.limiter.baseline_us() / 1000.0, "adaptive concurrency limit");
+            }
+        }
+    }
+
     /// Relative weight.
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
@@ -241,6 +273,16 @@ impl std::fmt::Debug for PoolShared {
     }
 }
 
+/// The cap a server starts with: its configured cap, or with "auto" the initial limit.
+fn initial_cap(s: &config::Server, adaptive: Option<&config::Adaptive>) -> u32 {
+    match adaptive {
+        Some(a) => a
+            .initial
+            .clamp(a.min.min(s.max_concurrency), s.max_concurrency),
+        None => s.max_concurrency,
+    }
+}
+
 fn build_client(cfg: &config::Pool) -> HttpClient {
     let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
     conn.set_connect_timeout(Some(cfg.connect_timeout));
@@ -289,12 +331,25 @@ impl PoolShared {
                 });
                 match prev {
                     Some(p) => {
-                        p.cap.store(s.max_concurrency, Ordering::Relaxed);
+                        let was_auto = old_inner
+                            .as_ref()
+                            .is_some_and(|oi| oi.cfg.adaptive.is_some());
+                        let cap = match &cfg.adaptive {
+                            // Keep what was learned, within the new bounds.
+                            Some(a) if was_auto => p
+                                .cap()
+                                .clamp(a.min.min(s.max_concurrency), s.max_concurrency),
+                            a => initial_cap(s, a.as_ref()),
+                        };
+                        p.limiter.reset_limit(cap);
+                        p.upper.store(s.max_concurrency, Ordering::Relaxed);
+                        p.cap.store(cap, Ordering::Relaxed);
                         p.weight.store(s.weight, Ordering::Relaxed);
                         p.clone()
                     }
                     None => {
-                        let st = ServerState::new(&cfg.name, s, metrics, events);
+                        let st =
+                            ServerState::new(&cfg.name, s, cfg.adaptive.as_ref(), metrics, events);
                         if old.is_some() {
                             // A server added by a reload ramps up like a recovered one.
                             st.recovered_at.store(now_ms(), Ordering::Release);

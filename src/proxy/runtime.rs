@@ -44,8 +44,11 @@ pub struct Shared {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadOutcome {
     pub generation: u64,
-    /// Things that did not take effect (e.g. a changed listener address needs a restart).
+    /// Things that did not take effect (e.g. a changed listener address needs a restart), and
+    /// the config review's warnings as `file:line: warning[ID]: ...` lines.
     pub warnings: Vec<String>,
+    /// The config review's findings (warnings only: errors reject the reload).
+    pub findings: Vec<crate::check::Finding>,
 }
 
 impl Shared {
@@ -158,6 +161,7 @@ impl Shared {
         Ok(ReloadOutcome {
             generation,
             warnings,
+            findings: Vec::new(),
         })
     }
 }
