@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod rules;
+pub mod runbooks;

@@ -3,6 +3,7 @@
 //! each one reads the history. The state machine (pending, firing, resolved) is in `alerts.rs`.
 
 use super::history::History;
+use super::runbooks::defaults;
 use crate::config::observe::AlertOverride;
 use crate::events::Event;
 use std::collections::BTreeMap;
@@ -41,132 +42,6 @@ pub struct Rule {
     pub about: &'static str,
     /// What to do, step by step.
     pub runbook: &'static str,
-}
-
-struct Default_ {
-    severity: &'static str,
-    for_: u64,
-    keep: u64,
-    threshold: f64,
-    window: u64,
-    min_requests: u64,
-    about: &'static str,
-    runbook: &'static str,
-}
-
-fn defaults(name: &str) -> Default_ {
-    let d = |severity, for_, keep, threshold, window, min_requests, about, runbook| Default_ {
-        severity,
-        for_,
-        keep,
-        threshold,
-        window,
-        min_requests,
-        about,
-        runbook,
-    };
-    match name {
-        "server_down" => d(
-            "warning",
-            30,
-            60,
-            0.0,
-            0,
-            0,
-            "a server is down (health checks failing) or ejected (consecutive 5xx or connection errors)",
-            "1. See which server and why: `curl -s http://ADMIN/api/status` (health_check_up false = checks fail; ejected true = passive ejection).\n2. From the levee host, try the server itself: `curl -v http://SERVER/HEALTH_PATH`.\n3. If it crashed under load, restart it; levee ramps it back in over `slow_start`, it is never flooded on return.\n4. If it must stay out, remove it from the pool in the config and `levee check --config FILE`, then `kill -HUP <levee pid>` (or `curl -X POST http://ADMIN/api/reload`).",
-        ),
-        "pool_degraded" => d(
-            "warning",
-            30,
-            60,
-            0.5,
-            0,
-            0,
-            "fewer than `threshold` (default half) of a pool's servers are healthy",
-            "1. `curl -s http://ADMIN/api/status`: which servers are down and since when (`/api/events`).\n2. The healthy servers now take the whole load, each still capped at `max_concurrency`: watch shedding on the dashboard (`http://ADMIN/`).\n3. Bring servers back (see server_down) or add servers to the pool and reload.\n4. Do not raise `max_concurrency` to compensate unless the servers can take it: the cap is what keeps them alive.",
-        ),
-        "pool_unavailable" => d(
-            "critical",
-            0,
-            60,
-            0.0,
-            0,
-            0,
-            "every server of a pool is down or ejected: its requests get 503 at once",
-            "1. Users of this pool see 503 now. `curl -s http://ADMIN/api/status` shows every server of the pool down.\n2. Check the servers directly (`curl -v http://SERVER/HEALTH_PATH`) and their logs; restart them.\n3. If they crashed under a flood, check for an attack first (attack_suspected, `curl -s http://ADMIN/api/events`): restarting into the same flood fails again.\n4. levee sends traffic again as soon as a server passes `rise` health checks, ramped over `slow_start`.",
-        ),
-        "error_ratio" => d(
-            "critical",
-            60,
-            120,
-            0.05,
-            300,
-            20,
-            "the share of 5xx answers (from servers and levee's own 502/504) in a pool is above `threshold` over `window`",
-            "1. The description names the servers with their error counts: if one server dominates, it is that server (check its logs; levee ejects it after `outlier.consecutive_failures`).\n2. If every server fails, suspect a shared dependency (database, disk) or a bad deploy: roll back.\n3. `levee_rejections_total{reason=~\"upstream_.*\"}` on `/metrics` separates connection failures and timeouts from 5xx the servers sent.\n4. Follow the open incident on the dashboard (`http://ADMIN/`); afterwards `levee postmortem --journal FILE --last`.",
-        ),
-        "latency" => d(
-            "warning",
-            120,
-            120,
-            1.0,
-            300,
-            20,
-            "a pool's p99 request duration (queue wait included) is above `threshold` seconds over `window`",
-            "1. Compare p99 now and the baseline in the description; the dashboard shows p99 per server: one slow server or all?\n2. Queue wait high and in-flight at the cap: the pool is saturated (see saturation).\n3. In-flight below the cap but slow: the servers themselves are slow; check them and their dependencies.\n4. levee never lets a slow server take more than its cap; `least_request` already steers away from it.",
-        ),
-        "saturation" => d(
-            "warning",
-            60,
-            60,
-            0.0,
-            60,
-            0,
-            "a pool is queueing or shedding (503 queue_full / queue_timeout / no_healthy_server) for a while",
-            "1. Is it an attack? Check attack_suspected and the shield panel on the dashboard (`http://ADMIN/`): top sources and subnets.\n2. If the traffic is real, the servers are at their `max_concurrency`: add servers to the pool and reload (`curl -X POST http://ADMIN/api/reload`).\n3. Raise `max_concurrency` only if a load test shows the servers take it (`levee loadtest`); the cap is what kept them up.\n4. Shed requests got 503 + Retry-After at once, lightest clients first: ordinary users are served before heavy ones.",
-        ),
-        "attack_suspected" => d(
-            "critical",
-            0,
-            120,
-            0.0,
-            0,
-            0,
-            "the shield detected a flood: request rate far above its baseline, with the top sources and subnets in the description",
-            "1. Read the description: top sources and /24 subnets with their request counts, current vs baseline rate.\n2. The shield bans sources that stand out automatically; see them with `levee ban list --admin http://ADMIN` and on the dashboard (`http://ADMIN/`).\n3. A subnet sending a large share that no user comes from: ban it, `levee ban add SUBNET --duration 1h --reason flood --admin http://ADMIN`, and consider a permanent `[shield] deny` entry.\n4. Backends stay within their caps whatever the flood; watch saturation and error_ratio for user impact.\n5. Afterwards: `levee postmortem --journal FILE --last`.",
-        ),
-        "ban_surge" => d(
-            "warning",
-            0,
-            60,
-            20.0,
-            60,
-            0,
-            "more than `threshold` bans were added within `window`",
-            "1. Many bans at once usually mean a distributed flood: check attack_suspected and `levee ban list --admin http://ADMIN`.\n2. If the banned clients are real users (e.g. behind one NAT or a proxy not in `trusted_proxies`), lift the bans (`levee ban remove CLIENT --admin http://ADMIN`) and fix `trusted_proxies` or the limits.\n3. Otherwise nothing to do: bans expire on their own.",
-        ),
-        "config_reload_failed" => d(
-            "warning",
-            0,
-            0,
-            0.0,
-            0,
-            0,
-            "the last config reload was rejected: levee still serves the previous config",
-            "1. The description lists every problem as file:line:column.\n2. Fix the file, validate it with `levee check --config FILE`, then reload: `kill -HUP <levee pid>` or `curl -X POST http://ADMIN/api/reload`.\n3. The alert resolves on the next successful reload.",
-        ),
-        _ => d(
-            "critical",
-            0,
-            120,
-            0.999,
-            3600,
-            20,
-            "the availability SLO (`threshold`, default 99.9%) burns its error budget too fast: 14.4x over 1h and 5m, or 6x over 6h and 30m",
-            "1. Users are failing at a rate that spends the month's error budget in days: treat it as an incident now.\n2. The description says which windows burn and how fast; failures count 5xx from servers, levee's 502/504 and shed requests (blocked attackers are not users and do not count).\n3. Find the cause among the other firing alerts (pool_unavailable, error_ratio, saturation, attack_suspected) and follow their runbooks.\n4. Afterwards: `levee postmortem --journal FILE --last` drafts the postmortem.",
-        ),
-    }
 }
 
 /// The rules in force: defaults, overrides, scale.
