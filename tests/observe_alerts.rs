@@ -166,7 +166,7 @@ min_requests = 10
         let a = admin_json(&l, "/api/alerts").await;
         let er = a["alerts"].as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "error_ratio").unwrap().clone();
         let d = er["annotations"]["description"].as_str().unwrap();
-        assert!(d.contains("20 of 40 requests"), "{d}");
+        assert!(d.contains("20 of 40 requests failed"), "{d}");
         assert!(d.contains(&format!("{}: 20 of 40", b.addr())), "{d}");
 
         l.shared.events.publish(
@@ -305,6 +305,35 @@ kind = "log"
         assert_eq!(metric(&l, "levee_journal_dropped_total").await, Some(0.0));
         l.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_ratio_counts_levees_own_502s_for_an_unreachable_server() {
+    bounded(Duration::from_secs(30), async {
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let tail = "[alerting]\ntime_scale = 0.02\n[[alerts]]\nname = \"error_ratio\"\nfor = \"0s\"\nmin_requests = 10\n";
+        let pool = "[pools.web.health_check]\nenabled = false\n[pools.web.outlier]\nconsecutive_failures = 0\n[pools.web.retry]\nattempts = 1\n";
+        let l = levee(&config_full(&[dead], pool, tail)).await;
+        let c = client();
+        for _ in 0..12 {
+            assert_eq!(get(&c, &format!("http://{}/", l.addr)).await.unwrap().status, 502);
+        }
+        assert_eq!(metric(&l, "levee_pool_upstream_errors_total{pool=\"web\"}").await, Some(12.0));
+        wait_for(Duration::from_secs(10), "error_ratio firing", || async {
+            let a = admin_json(&l, "/api/alerts").await;
+            a["alerts"].as_array().unwrap().iter().any(|a| {
+                a["labels"]["alertname"] == "error_ratio"
+                    && a["annotations"]["description"].as_str().unwrap().contains("12 of 12 requests failed")
+                    && a["annotations"]["description"].as_str().unwrap().contains("12 502/504 from levee")
+            })
+        })
+        .await;
+        l.shutdown().await;
     })
     .await;
 }

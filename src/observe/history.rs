@@ -30,6 +30,8 @@ pub struct PoolSample {
     pub requests: u64,
     /// 5xx answered by a server.
     pub errors: u64,
+    /// levee's own 502/504 for this pool (upstream unreachable, garbage, timeouts).
+    pub upstream_errors: u64,
     /// Shed by levee (queue full, queue timeout, no healthy server).
     pub shed: u64,
     pub queue_depth: u64,
@@ -134,6 +136,7 @@ pub fn sample(shared: &Shared) -> Sample {
                 name: p.name.clone(),
                 requests: r,
                 errors: e,
+                upstream_errors: p.counters.upstream_errors.get(),
                 shed: p.counters.shed_total(),
                 queue_depth: p.queue_depth() as u64,
                 queue_size: inner.cfg.queue_size as u64,
@@ -244,7 +247,7 @@ impl History {
                 secs: a.t.saturating_sub(b.t),
                 requests: y.requests.saturating_sub(x.requests),
                 errors: y.errors.saturating_sub(x.errors),
-                upstream_errors: 0,
+                upstream_errors: y.upstream_errors.saturating_sub(x.upstream_errors),
                 shed: y.shed.saturating_sub(x.shed),
                 blocked: 0,
                 latency: latency::sub(&y.latency, &x.latency),
@@ -253,6 +256,7 @@ impl History {
                 secs: 0,
                 requests: y.requests,
                 errors: y.errors,
+                upstream_errors: y.upstream_errors,
                 shed: y.shed,
                 latency: y.latency,
                 ..Delta::default()
@@ -299,6 +303,7 @@ mod tests {
                 name: "web".into(),
                 requests,
                 errors: 0,
+                upstream_errors: 0,
                 shed: 0,
                 queue_depth: 0,
                 queue_size: 0,

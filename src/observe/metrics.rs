@@ -141,6 +141,7 @@ pub struct Metrics {
     server_duration: Family<Labels, Latency>,
     queue_wait: Family<Labels, Latency>,
     pool_rejections: Family<Labels, Counter>,
+    pool_upstream_errors: Family<Labels, Counter>,
     alerts_firing: Family<Labels, Gauge>,
     route_requests: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
@@ -221,6 +222,8 @@ pub struct PoolCounters {
     /// Requests of this pool that levee shed, by reason: `queue_full`, `queue_timeout`,
     /// `no_healthy_server` (the same answers are also in the global `levee_rejections_total`).
     pub shed_by_reason: [Counter; 3],
+    /// levee's own 502/504 for this pool: connect errors, bad answers, timeouts.
+    pub upstream_errors: Counter,
     pub retries: Counter,
     pub retry_budget_exhausted: Counter,
     pub health_down: Counter,
@@ -278,6 +281,12 @@ impl Metrics {
             "levee_pool_shed",
             "Requests of a pool shed by levee, by reason (queue_full, queue_timeout, no_healthy_server)",
             pool_rejections.clone(),
+        );
+        let pool_upstream_errors = Family::<Labels, Counter>::default();
+        reg.register(
+            "levee_pool_upstream_errors",
+            "levee's own 502/504 answers per pool: the server could not be reached, answered garbage or timed out",
+            pool_upstream_errors.clone(),
         );
         let alerts_firing = Family::<Labels, Gauge>::default();
         reg.register(
@@ -422,6 +431,7 @@ impl Metrics {
             server_duration,
             queue_wait,
             pool_rejections,
+            pool_upstream_errors,
             alerts_firing,
             route_requests,
             route_duration,
@@ -598,6 +608,7 @@ impl Metrics {
         PoolCounters {
             duration: self.duration.get_or_create(&l).clone(),
             queue_wait: self.queue_wait.get_or_create(&l).clone(),
+            upstream_errors: self.pool_upstream_errors.get_or_create(&l).clone(),
             shed_by_reason: [
                 shed(Reason::QueueFull),
                 shed(Reason::QueueTimeout),

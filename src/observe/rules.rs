@@ -192,12 +192,14 @@ pub fn evaluate(rule: &Rule, h: &History, cx: &Context) -> Vec<Hit> {
         "error_ratio" => {
             for p in &now.pools {
                 let d = h.pool_window(&p.name, w);
-                let ratio = if d.requests == 0 {
+                let total = d.requests + d.upstream_errors;
+                let failed = d.errors + d.upstream_errors;
+                let ratio = if total == 0 {
                     0.0
                 } else {
-                    d.errors as f64 / d.requests as f64
+                    failed as f64 / total as f64
                 };
-                if d.requests >= rule.min_requests.max(1) && ratio > rule.threshold {
+                if total >= rule.min_requests.max(1) && ratio > rule.threshold {
                     let before = h.ago(w);
                     let mut by_server = Vec::new();
                     for s in &p.servers {
@@ -216,8 +218,8 @@ pub fn evaluate(rule: &Rule, h: &History, cx: &Context) -> Vec<Hit> {
                         &[("pool", &p.name)],
                         format!("{:.1}% of requests to pool {} fail with 5xx", ratio * 100.0, p.name),
                         format!(
-                            "Pool {}: {} of {} requests answered 5xx in the last {}s ({:.1}%, threshold {:.1}%). By server: {}.",
-                            p.name, d.errors, d.requests, d.secs, ratio * 100.0, rule.threshold * 100.0,
+                            "Pool {}: {failed} of {total} requests failed with 5xx in the last {}s ({:.1}%, threshold {:.1}%): {} 5xx from servers, {} 502/504 from levee (server unreachable, bad answer or timeout). By server: {}.",
+                            p.name, d.secs, ratio * 100.0, rule.threshold * 100.0, d.errors, d.upstream_errors,
                             if list.is_empty() { "none".to_string() } else { list.join(", ") }
                         ),
                     ));

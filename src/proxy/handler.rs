@@ -410,17 +410,23 @@ async fn forward(
             (Outcome::Response(resp, upstream_ms), Some(permit)) => {
                 respond(snap, ctx, conn, permit, resp, upstream_ms, pool)
             }
-            (Outcome::Response(..), None) => finish_local(
-                shared,
-                snap,
-                &mut ctx,
-                conn,
-                StatusCode::BAD_GATEWAY,
-                Reason::UpstreamError,
-                "502 the server sent an invalid or no response\n",
-            ),
+            (Outcome::Response(..), None) => {
+                pool.counters.upstream_errors.inc();
+                finish_local(
+                    shared,
+                    snap,
+                    &mut ctx,
+                    conn,
+                    StatusCode::BAD_GATEWAY,
+                    Reason::UpstreamError,
+                    "502 the server sent an invalid or no response\n",
+                )
+            }
             (Outcome::Error(status, reason, msg), held) => {
                 drop(held);
+                if reason.is_upstream_error() {
+                    pool.counters.upstream_errors.inc();
+                }
                 finish_local(shared, snap, &mut ctx, conn, status, reason, msg)
             }
         };
