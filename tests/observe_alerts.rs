@@ -337,3 +337,58 @@ async fn error_ratio_counts_levees_own_502s_for_an_unreachable_server() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_fires_config_reload_failed_until_a_good_one() {
+    bounded(Duration::from_secs(30), async {
+        let b = fast_backend().await;
+        let dir = std::env::temp_dir().join(format!(
+            "levee-reloadalert-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("levee.toml");
+        let good = config(&[b.addr()], "");
+        std::fs::write(&path, &good).unwrap();
+        let l = levee_from_file(&path).await;
+        std::fs::write(
+            &path,
+            format!("{good}\n[pools.web.retry]\nattempts = \"many\"\n"),
+        )
+        .unwrap();
+        assert!(l.reload().await.is_err());
+        let firing = |want: bool| {
+            let l = &l;
+            async move {
+                let a = admin_json(l, "/api/alerts").await;
+                let has = a["alerts"].as_array().unwrap().iter().any(|a| {
+                    a["labels"]["alertname"] == "config_reload_failed"
+                        && a["state"] == "firing"
+                        && a["annotations"]["description"]
+                            .as_str()
+                            .unwrap()
+                            .contains("levee.toml:")
+                });
+                has == want
+            }
+        };
+        wait_for(
+            Duration::from_secs(5),
+            "config_reload_failed firing with the problem's location",
+            || firing(true),
+        )
+        .await;
+        std::fs::write(&path, &good).unwrap();
+        l.reload().await.unwrap();
+        wait_for(
+            Duration::from_secs(5),
+            "config_reload_failed resolved",
+            || firing(false),
+        )
+        .await;
+        l.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
