@@ -33,3 +33,30 @@ fn runbook_command_and_readme_are_in_step() {
         "README's \"When levee alerts\" differs from `levee runbook`: paste the command's output between the markers"
     );
 }
+
+#[test]
+fn the_readme_observe_example_is_a_valid_config() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```toml\n[journal]")
+        .expect("README has the observe example")
+        + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let text = format!(
+        "[pools.web]\nservers = [\"127.0.0.1:9001\"]\n{}",
+        &readme[start..end]
+    );
+    let cfg =
+        levee::config::Config::parse(&text, "README.md", Some(std::path::Path::new("/etc/levee")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.observe.journal.as_ref().unwrap().path,
+        std::path::Path::new("/etc/levee/levee-journal.db")
+    );
+    assert_eq!(cfg.observe.notifiers.len(), 2);
+    assert_eq!(
+        cfg.observe.alert("error_ratio").unwrap().threshold,
+        Some(0.02)
+    );
+}
