@@ -129,6 +129,15 @@ struct Shedding {
     last_shed: Option<Instant>,
 }
 
+/// Takes the first sample before levee accepts a connection, so windows count every request
+/// from the start even if the observer task is scheduled late.
+pub fn prime(shared: &Shared) {
+    let s = history::sample(shared);
+    if let Ok(mut h) = shared.observe.history.lock() {
+        h.push(s);
+    }
+}
+
 /// Runs the observer until `stop`. `rx` is subscribed before levee publishes `levee_started`.
 pub async fn run(
     shared: Arc<Shared>,

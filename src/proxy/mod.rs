@@ -127,6 +127,7 @@ impl Levee {
         shared.restart_health_checks();
         let (stop, stop_rx) = watch::channel(false);
         let open = Arc::new(OpenConns::default());
+        crate::observe::engine::prime(&shared);
         // Subscribed before `levee_started` is published, so the journal records it.
         let observe_rx = shared.events.subscribe();
         let notify_rx = shared.events.subscribe();
