@@ -35,6 +35,9 @@ enabled = false
 [[alerts]]
 name = "latency"
 enabled = false
+[[alerts]]
+name = "saturation"
+enabled = false
 "#,
             db.display()
         );
