@@ -24,6 +24,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Start three simulated backends and levee in front of them, with a safe built-in config
     Demo(crate::demo::DemoArgs),
+    /// Replay the outage as a game day on loopback: servers, levee, users and a flood; writes a verdict
+    Drill(crate::drill::DrillArgs),
     /// Run a simulated web server (capacity, latency, crashes) for drills, demos and tests
     Backend(BackendArgs),
     /// List, add or lift bans on a running levee (through its admin API)
@@ -147,6 +149,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Check(a) => Ok(check(a)),
         Command::Probe(a) => probe(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Drill(a) => match crate::drill::run(a).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("levee drill: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Ban(a) => ban(a).await,
         Command::Backend(a) => {
             backend::run(a).await.context("levee backend")?;

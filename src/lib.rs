@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod events;
 pub mod health;
 pub mod journal;

@@ -440,3 +440,65 @@ async fn a_spike_is_reported_as_an_attack_with_its_top_sources() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_and_allow_files_are_read_again_on_reload() {
+    bounded(Duration::from_secs(30), async {
+        let b = fast_backend().await;
+        let dir = std::env::temp_dir().join(format!(
+            "levee-lists-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("deny.txt"), "# abusive ranges\n127.0.18.0/24\n").unwrap();
+        let path = dir.join("levee.toml");
+        std::fs::write(
+            &path,
+            shield_config(&[b.addr()], "deny_file = \"deny.txt\""),
+        )
+        .unwrap();
+        let l = levee_from_file(&path).await;
+        let s = connect_from(ip("127.0.18.5"), l.addr).await.unwrap();
+        assert!(
+            closed_without_answer(s).await,
+            "a denied range is refused at accept"
+        );
+        assert_eq!(
+            get(
+                &client_from(Some(ip("127.0.19.5"))),
+                &format!("http://{}/", l.addr)
+            )
+            .await
+            .unwrap()
+            .status,
+            200
+        );
+        // The file changes: the next reload takes the new list.
+        std::fs::write(dir.join("deny.txt"), "127.0.19.0/24\n").unwrap();
+        l.reload().await.unwrap();
+        assert_eq!(
+            get(
+                &client_from(Some(ip("127.0.18.5"))),
+                &format!("http://{}/", l.addr)
+            )
+            .await
+            .unwrap()
+            .status,
+            200
+        );
+        let s = connect_from(ip("127.0.19.5"), l.addr).await.unwrap();
+        assert!(closed_without_answer(s).await);
+        // A bad line is a config error with the file and line; the old list keeps working.
+        std::fs::write(dir.join("deny.txt"), "127.0.19.0/24\nnot-a-range\n").unwrap();
+        let err = l.reload().await.unwrap_err().details().join("\n");
+        assert!(
+            err.contains("deny.txt:2") && err.contains("not-a-range"),
+            "{err}"
+        );
+        let s = connect_from(ip("127.0.19.5"), l.addr).await.unwrap();
+        assert!(closed_without_answer(s).await);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

@@ -218,7 +218,7 @@ impl Detector {
         lock(&self.clients[(h as usize) % SHARDS]).add(&key, 1);
         let subnet = key.subnet();
         lock(&self.subnets).add(&super::cidr::ip_bits(subnet.network()), 1);
-        if n.is_multiple_of(PATH_SAMPLE) {
+        if n.is_multiple_of(PATH_SAMPLE) && !path.is_empty() {
             let p: &str = if path.len() > 96 {
                 path.get(..96).unwrap_or("/")
             } else {

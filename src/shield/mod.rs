@@ -222,7 +222,10 @@ impl Shield {
         if !cfg.enabled {
             return Ok(uncounted);
         }
+        // Connections refused here count as requests for attack detection: a flood that the
+        // bans already hold off at accept is still an attack in progress.
         if self.deny.load().contains(peer) && self.enforce(Rule::Bans, Reason::Denied) {
+            self.detector.record(key, "");
             return Err(Reason::Denied);
         }
         if self.allow.load().contains(peer) || identity::trusted(peer, &self.trusted.load()) {
@@ -230,6 +233,7 @@ impl Shield {
         }
         let now = now_ms();
         if self.bans.is_banned(peer, now) && self.enforce(Rule::Bans, Reason::Banned) {
+            self.detector.record(key, "");
             return Err(Reason::Banned);
         }
         let enforce = !cfg.dry(Rule::Connections);
@@ -253,6 +257,7 @@ impl Shield {
                     ),
                 );
                 if enforce {
+                    self.detector.record(key, "");
                     Err(Reason::TooManyConnections)
                 } else {
                     self.metrics.would_block(Reason::TooManyConnections);
@@ -306,6 +311,7 @@ impl Shield {
             && self.enforce(Rule::Bans, Reason::Banned)
         {
             let secs = b.until_ms.saturating_sub(now).div_ceil(1000);
+            self.detector.record(key, path);
             return Err(Rejection {
                 status: 403,
                 reason: Reason::Banned,
