@@ -26,6 +26,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run a simulated web server (capacity, latency, crashes) for drills, demos and tests
     Backend(BackendArgs),
+    /// Generate load against a URL or run a scenario file; thresholds decide the exit code
+    Loadtest(Box<crate::loadtest::LoadtestArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,6 +110,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Backend(a) => {
             backend::run(a).await.context("levee backend")?;
             Ok(ExitCode::SUCCESS)
+        }
+        // The load generator runs on its own runtime, sized by its --threads.
+        Command::Loadtest(a) => {
+            Ok(tokio::task::spawn_blocking(move || crate::loadtest::run_blocking(*a)).await?)
         }
     }
 }

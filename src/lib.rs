@@ -11,5 +11,6 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod health;
+pub mod loadtest;
 pub mod observe;
 pub mod proxy;
