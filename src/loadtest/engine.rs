@@ -230,26 +230,30 @@ async fn open(
     let mut jobs: Vec<mpsc::Sender<Instant>> = Vec::new();
     let mut workers = JoinSet::new();
     let mut sent = 0u64;
-    // Seconds since the start at which the next request is intended.
-    let mut t = 0.0f64;
+    // Seconds since the start at which the next request is intended: at a constant rate the
+    // n-th one is due at n / rate exactly (no drift), with stages where the integral of the
+    // rate reaches the next whole request.
+    let constant = match rate {
+        Load::Constant(r) => Some(*r),
+        Load::Stages { .. } => None,
+    };
+    let mut next_t = match constant {
+        Some(_) => Some(0.0),
+        None => rate.next_arrival(0.0),
+    };
     loop {
         if shared.stop.is_stopped() || plan.requests.is_some_and(|n| sent >= n) {
             break;
         }
+        let Some(t) = next_t else { break };
         if end.is_some_and(|e| t >= e) {
             break;
         }
-        let r = rate.at(t);
-        if r <= 0.0 {
-            // Nothing to send at this level: look again a millisecond later.
-            t += 0.001;
-            if end.is_none() && rate.stages_duration().is_none() {
-                break;
-            }
-            continue;
-        }
         let intended = start + Duration::from_secs_f64(t);
-        t += 1.0 / r;
+        next_t = match constant {
+            Some(r) => Some((sent + 1) as f64 / r),
+            None => rate.next_arrival(t),
+        };
         if intended > Instant::now() {
             tokio::select! {
                 _ = tokio::time::sleep_until(intended) => {}

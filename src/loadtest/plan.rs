@@ -119,6 +119,42 @@ impl Load {
         }
     }
 
+    /// With this level as a rate: the time of the next arrival after one at `t` seconds, such
+    /// that exactly one request is due in between (the integral of the rate is 1). `None` when
+    /// no more requests are due (the rate stays at 0 from there on).
+    pub fn next_arrival(&self, t: f64) -> Option<f64> {
+        match self {
+            Load::Constant(r) => (*r > 0.0).then(|| t + 1.0 / r),
+            Load::Stages { stages, .. } => {
+                let mut remaining = 1.0f64;
+                let mut now = t;
+                let mut end = 0.0;
+                for s in stages {
+                    end += s.duration.as_secs_f64();
+                    if now >= end {
+                        continue;
+                    }
+                    let (r0, r1) = (self.at(now), s.target);
+                    let span = end - now;
+                    let area = (r0 + r1) / 2.0 * span;
+                    if area >= remaining {
+                        let k = (r1 - r0) / span;
+                        let x = if k.abs() < 1e-12 {
+                            remaining / r0
+                        } else {
+                            (-r0 + (r0 * r0 + 2.0 * k * remaining).max(0.0).sqrt()) / k
+                        };
+                        return Some(now + x.clamp(0.0, span));
+                    }
+                    remaining -= area;
+                    now = end;
+                }
+                let last = self.at(now.max(end));
+                (last > 0.0).then(|| now.max(end) + remaining / last)
+            }
+        }
+    }
+
     /// The total length of the stages, if any.
     pub fn stages_duration(&self) -> Option<Duration> {
         match self {
@@ -333,6 +369,17 @@ mod tests {
         assert_eq!(load.at(30.0), 0.0);
         assert_eq!(load.stages_duration(), Some(Duration::from_secs(25)));
         assert_eq!(load.max(), 100.0);
+        // Arrivals: about 50 in the first ramp, 100 at 100/s, 25 in the ramp down.
+        let mut n = 0;
+        let mut t = 0.0;
+        while let Some(next) = load.next_arrival(t) {
+            if next >= 25.0 {
+                break;
+            }
+            t = next;
+            n += 1;
+        }
+        assert!((1749..=1751).contains(&n), "{n}");
         assert!(parse_stages("10s").is_err());
         assert!(parse_stages("soon:5").is_err());
         assert!(parse_stages("1s:-5").is_err());

@@ -48,7 +48,7 @@ pub fn finish(watched: &[Watched], run_start: Instant, enabled: bool) {
     let t = run_start.elapsed().as_secs_f64();
     for w in watched {
         let last = w.recorder.timeline_end();
-        if t - last > 0.05 {
+        if t > last {
             w.recorder.tick(t);
         }
     }

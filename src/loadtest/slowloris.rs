@@ -152,8 +152,7 @@ async fn hold(
             }
         }
     };
-    let held = opened.elapsed();
-    recorder.record(id, held, held, outcome, 0);
+    recorder.record_held(id, opened.elapsed(), outcome);
     Held::Ended
 }
 

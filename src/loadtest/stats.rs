@@ -334,6 +334,19 @@ impl Recorder {
         }
     }
 
+    /// Records a slowloris connection that ended: how long it was held goes into the latency
+    /// histograms whatever the outcome.
+    pub fn record_held(&self, worker: usize, held: Duration, outcome: Outcome) {
+        self.record(worker, held, held, outcome, 0);
+        if let Outcome::Error(_) = outcome {
+            let mut shard = lock(&self.shards[worker % self.shards.len()]);
+            let v = us(held);
+            shard.corrected.saturating_record(v);
+            shard.uncorrected.saturating_record(v);
+            shard.interval.saturating_record(v);
+        }
+    }
+
     /// Counts a connection opened (and bytes sent outside a request, for slowloris).
     pub fn connection_opened(&self, worker: usize) {
         lock(&self.shards[worker % self.shards.len()])
@@ -404,6 +417,29 @@ impl Recorder {
             },
         };
         *previous = total;
+        // A short last interval (the end of the run) joins the one before, so that a few
+        // requests in a few milliseconds do not show as a spike of requests per second.
+        if point.interval < 0.25
+            && let Some(last) = points.last_mut()
+        {
+            let interval = last.interval + point.interval;
+            last.t = point.t;
+            last.requests += point.requests;
+            last.rps = last.requests as f64 / interval;
+            last.interval = interval;
+            last.errors += point.errors;
+            for (k, v) in &point.status_classes {
+                *last.status_classes.entry(k.clone()).or_insert(0) += v;
+            }
+            for (k, v) in &point.statuses {
+                *last.statuses.entry(k.clone()).or_insert(0) += v;
+            }
+            last.p50_ms = last.p50_ms.max(point.p50_ms);
+            last.p90_ms = last.p90_ms.max(point.p90_ms);
+            last.p99_ms = last.p99_ms.max(point.p99_ms);
+            last.max_ms = last.max_ms.max(point.max_ms);
+            return last.clone();
+        }
         points.push(point.clone());
         point
     }
