@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use std::future::Future;
+
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
@@ -48,16 +50,14 @@ impl Connector {
         Ok(stream)
     }
 
-    /// An HTTP/1.1 connection; its driver runs in its own task until the sender is dropped.
-    pub async fn http1(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+    /// An HTTP/1.1 connection. Its driver is polled by the worker that uses it (no task of its
+    /// own: no wake-up of another task per request).
+    pub async fn http1(&self) -> Result<Open, ErrorKind> {
         let stream = self.tcp().await.map_err(|_| ErrorKind::Connect)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ErrorKind::of_hyper(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(Open { sender, conn })
     }
 }
 
@@ -111,9 +111,15 @@ impl RequestTemplate {
     }
 }
 
+/// An open HTTP/1.1 connection: the request side and the connection driver.
+pub struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    conn: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+}
+
 /// A worker's connection slot: opened on demand, kept while keep-alive allows.
 pub struct Slot {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    sender: Option<Open>,
 }
 
 impl Slot {
@@ -159,32 +165,60 @@ impl Slot {
         template: &RequestTemplate,
         opened: impl FnOnce(),
     ) -> Result<(u16, u64), ErrorKind> {
-        if self.sender.as_ref().is_some_and(|s| s.is_closed()) {
-            self.sender = None;
+        // A kept connection the server closed meanwhile: notice it now (poll its driver once)
+        // rather than fail the request on it.
+        if let Some(open) = &mut self.sender {
+            let ended = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::pin::Pin::new(&mut open.conn).poll(cx).is_ready())
+            })
+            .await;
+            if ended || open.sender.is_closed() {
+                self.sender = None;
+            }
         }
-        let sender = match &mut self.sender {
-            Some(sender) => sender,
+        let open = match &mut self.sender {
+            Some(open) => open,
             None => {
-                let sender = connector.http1().await?;
+                let open = connector.http1().await?;
                 opened();
-                self.sender.insert(sender)
+                self.sender.insert(open)
             }
         };
-        sender.ready().await.map_err(|e| ErrorKind::of_hyper(&e))?;
-        let response = sender
-            .send_request(template.build())
-            .await
-            .map_err(|e| ErrorKind::of_hyper(&e))?;
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ErrorKind::of_hyper(&e))?;
-            if let Some(data) = frame.data_ref() {
-                bytes += data.len() as u64;
+        let (result, ended) = {
+            let Open { sender, conn } = open;
+            let work = async {
+                sender.ready().await.map_err(|e| ErrorKind::of_hyper(&e))?;
+                let response = sender
+                    .send_request(template.build())
+                    .await
+                    .map_err(|e| ErrorKind::of_hyper(&e))?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                let mut bytes = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| ErrorKind::of_hyper(&e))?;
+                    if let Some(data) = frame.data_ref() {
+                        bytes += data.len() as u64;
+                    }
+                }
+                Ok((status, bytes))
+            };
+            tokio::pin!(work);
+            // Drive the connection and the request together; if the connection ends first, what it
+            // delivered may still complete the response.
+            tokio::select! {
+                biased;
+                result = &mut work => (result, false),
+                driven = conn => match driven {
+                    Ok(()) => (work.await, true),
+                    Err(e) => (work.await.map_err(|_| ErrorKind::of_hyper(&e)), true),
+                },
             }
+        };
+        if ended {
+            self.sender = None;
         }
-        Ok((status, bytes))
+        result
     }
 }
 

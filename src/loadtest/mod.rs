@@ -128,10 +128,18 @@ pub fn run_blocking(args: LoadtestArgs) -> ExitCode {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build();
+    // One thread: a current-thread runtime, without the cross-thread wake-ups of the
+    // multi-thread scheduler (like one wrk thread).
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
