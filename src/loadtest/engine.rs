@@ -225,6 +225,7 @@ async fn open(
 ) -> JoinSet<()> {
     let plan = shared.plan.clone();
     let end = plan.duration.map(|d| d.as_secs_f64());
+    let deadline = plan.duration.map(|d| start + d);
     let max_connections = max_connections.max(1);
     let (idle_tx, mut idle_rx) = mpsc::channel::<usize>(max_connections);
     let mut jobs: Vec<mpsc::Sender<Instant>> = Vec::new();
@@ -272,6 +273,26 @@ async fn open(
             Err(_) => tokio::select! {
                 id = idle_rx.recv() => match id { Some(id) => id, None => break },
                 _ = shared.stop.wait() => break,
+                _ = sleep_until_opt(deadline) => {
+                    // The run is over and every connection is still busy: this request and every
+                    // later one due before the end were never sent. They count as failures.
+                    let mut unsent = 1u64;
+                    let mut at = next_t;
+                    while let Some(u) = at {
+                        if end.is_some_and(|e| u >= e)
+                            || plan.requests.is_some_and(|n| sent + unsent >= n)
+                        {
+                            break;
+                        }
+                        unsent += 1;
+                        at = match constant {
+                            Some(r) => Some((sent + unsent) as f64 / r),
+                            None => rate.next_arrival(u),
+                        };
+                    }
+                    shared.recorder.record_unsent(unsent);
+                    break;
+                }
             },
         };
         if let Some(job) = jobs.get(id)
@@ -283,6 +304,14 @@ async fn open(
     // Closing the job channels lets each worker finish its request and exit.
     drop(jobs);
     workers
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn open_worker(

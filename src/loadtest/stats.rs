@@ -26,18 +26,22 @@ pub enum ErrorKind {
     Closed,
     /// The response was not valid HTTP/1.1.
     Protocol,
+    /// Open model: due before the end of the run but never sent, every connection being busy
+    /// until the end (raise `--connections`, or the server is stalled).
+    Unsent,
     /// Anything else (reported with this name).
     Other,
 }
 
 impl ErrorKind {
     /// Every kind, in report order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Closed,
         ErrorKind::Protocol,
+        ErrorKind::Unsent,
         ErrorKind::Other,
     ];
 
@@ -49,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Closed => "closed",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::Unsent => "unsent",
             ErrorKind::Other => "other",
         }
     }
@@ -345,6 +350,13 @@ impl Recorder {
             shard.uncorrected.saturating_record(v);
             shard.interval.saturating_record(v);
         }
+    }
+
+    /// Counts requests that were due but never sent (see [`ErrorKind::Unsent`]).
+    pub fn record_unsent(&self, n: u64) {
+        let mut shard = lock(&self.shards[0]);
+        shard.counters.requests += n;
+        shard.counters.errors[ErrorKind::Unsent.index()] += n;
     }
 
     /// Counts a connection opened (and bytes sent outside a request, for slowloris).

@@ -11,7 +11,7 @@
 //! | `rps` | requests/s | finished requests per second |
 //! | `requests`, `successes`, `failures`, `errors` | count | |
 //! | `status_429`, `status_5xx` | count | responses with this status or class |
-//! | `errors_timeout` (connect, reset, closed, protocol, other) | count | errors of one kind |
+//! | `errors_timeout` (connect, reset, closed, protocol, unsent, other) | count | errors of one kind |
 
 use std::fmt;
 
