@@ -28,7 +28,8 @@ pub async fn collect(watched: Arc<Vec<Watched>>, run_start: Instant, enabled: bo
     let mut last_log = run_start;
     loop {
         tokio::time::sleep_until(next).await;
-        let t = next.saturating_duration_since(run_start).as_secs_f64();
+        // The time the tick really runs (a busy runtime may be late): rates stay honest.
+        let t = run_start.elapsed().as_secs_f64();
         let points: Vec<TimelinePoint> = watched.iter().map(|w| w.recorder.tick(t)).collect();
         let line = line(&watched, &points, t);
         if terminal {

@@ -74,6 +74,13 @@ fn scenario(out: &mut String, r: &ScenarioResult) {
         fmt_bytes(r.bytes_sent as f64),
         r.connections_opened
     );
+    if r.model == "slowloris" {
+        let _ = write!(
+            out,
+            "<p class=\"slowloris\">Slowloris: {} connections ended by the server, {} still held open at the end; latency is how long connections were held.</p>",
+            r.requests, r.held_open_at_end
+        );
+    }
     out.push_str("<table class=\"latency\"><tr><th class=\"l\">latency</th><th>min</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     latency_row(out, "corrected", &r.latency);
     latency_row(out, "uncorrected", &r.latency_uncorrected);

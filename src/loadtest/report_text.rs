@@ -89,7 +89,7 @@ pub fn scenario(r: &ScenarioResult) -> String {
     if r.model == "slowloris" {
         let _ = writeln!(
             out,
-            "  (slowloris: latency is how long a connection was held before the server ended it)"
+            "  (slowloris: requests are connections the server ended; latency is how long connections were held)"
         );
     }
     let _ = writeln!(
@@ -139,7 +139,15 @@ pub fn scenario(r: &ScenarioResult) -> String {
         fmt_bytes(per_s(r.bytes_received)),
         fmt_bytes(r.bytes_sent as f64)
     );
-    let _ = writeln!(out, "  connections   {} opened", r.connections_opened);
+    if r.model == "slowloris" {
+        let _ = writeln!(
+            out,
+            "  connections   {} opened, {} ended by the server, {} still held open at the end",
+            r.connections_opened, r.requests, r.held_open_at_end
+        );
+    } else {
+        let _ = writeln!(out, "  connections   {} opened", r.connections_opened);
+    }
     for (i, t) in r.thresholds.iter().enumerate() {
         let _ = writeln!(
             out,

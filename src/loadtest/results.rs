@@ -45,6 +45,8 @@ pub struct ScenarioResult {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub connections_opened: u64,
+    /// Slowloris: connections still held open when the run ended (0 otherwise).
+    pub held_open_at_end: u64,
     /// Per-second figures.
     pub timeline: Vec<TimelinePoint>,
     /// The corrected latency histogram: recorded values (µs, bucket upper bound) and counts.
@@ -190,6 +192,7 @@ impl ScenarioResult {
             bytes_received: c.bytes_received,
             bytes_sent: c.bytes_sent,
             connections_opened: c.connections,
+            held_open_at_end: c.held_at_end,
             timeline: merged.timeline.clone(),
             histogram: buckets(&merged.corrected),
             thresholds: Vec::new(),

@@ -1,6 +1,7 @@
 //! Slowloris: connections that send their request head one byte at a time and never finish it,
 //! holding the server's connection slots. Each connection is recorded when it ends: how long it
 //! was held (as its latency), and the server's answer if any (often `408`, or a plain close).
+//! Connections still held when the run ends are counted apart, their hold time in the latency.
 //! A connection the server closed is opened again, as a real attacker would.
 
 use std::sync::Arc;
@@ -124,17 +125,17 @@ async fn hold(
     let filler = b"X-a: b\r\n";
     let outcome = loop {
         tokio::select! {
-            _ = &mut run_over => return Held::RunOver,
-            _ = stop.wait() => return Held::RunOver,
+            _ = &mut run_over => break None,
+            _ = stop.wait() => break None,
             read = reader.read(&mut answer[answered..]) => match read {
-                Ok(0) => break closed_outcome(&answer[..answered]),
+                Ok(0) => break Some(closed_outcome(&answer[..answered])),
                 Ok(n) => {
                     answered += n;
                     if answered == answer.len() || answer[..answered].contains(&b'\n') {
-                        break closed_outcome(&answer[..answered]);
+                        break Some(closed_outcome(&answer[..answered]));
                     }
                 }
-                Err(e) => break Outcome::Error(ErrorKind::of_io(&e)),
+                Err(e) => break Some(Outcome::Error(ErrorKind::of_io(&e))),
             },
             _ = tokio::time::sleep_until(next_byte) => {
                 let i = sent as usize;
@@ -144,7 +145,7 @@ async fn hold(
                     filler[(i - head.len()) % filler.len()]
                 };
                 if let Err(e) = writer.write_all(&[byte]).await {
-                    break Outcome::Error(ErrorKind::of_io(&e));
+                    break Some(Outcome::Error(ErrorKind::of_io(&e)));
                 }
                 sent += 1;
                 recorder.sent(id, 1);
@@ -152,8 +153,16 @@ async fn hold(
             }
         }
     };
-    recorder.record_held(id, opened.elapsed(), outcome);
-    Held::Ended
+    match outcome {
+        Some(outcome) => {
+            recorder.record_held(id, opened.elapsed(), outcome);
+            Held::Ended
+        }
+        None => {
+            recorder.record_held_at_end(id, opened.elapsed());
+            Held::RunOver
+        }
+    }
 }
 
 /// What the server's first bytes (or its silence before closing) say.

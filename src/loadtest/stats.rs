@@ -132,6 +132,8 @@ pub struct Counters {
     pub bytes_sent: u64,
     /// Connections opened.
     pub connections: u64,
+    /// Slowloris: connections still held open when the run ended.
+    pub held_at_end: u64,
 }
 
 impl Default for Counters {
@@ -144,6 +146,7 @@ impl Default for Counters {
             bytes_received: 0,
             bytes_sent: 0,
             connections: 0,
+            held_at_end: 0,
         }
     }
 }
@@ -161,6 +164,7 @@ impl Counters {
         self.bytes_received += other.bytes_received;
         self.bytes_sent += other.bytes_sent;
         self.connections += other.connections;
+        self.held_at_end += other.held_at_end;
     }
 
     /// `self - earlier`, counter by counter (for the per-second timeline).
@@ -350,6 +354,16 @@ impl Recorder {
             shard.uncorrected.saturating_record(v);
             shard.interval.saturating_record(v);
         }
+    }
+
+    /// A slowloris connection still held when the run ended: its hold time goes into the
+    /// latency histograms (not into the requests).
+    pub fn record_held_at_end(&self, worker: usize, held: Duration) {
+        let mut shard = lock(&self.shards[worker % self.shards.len()]);
+        shard.counters.held_at_end += 1;
+        let v = us(held);
+        shard.corrected.saturating_record(v);
+        shard.uncorrected.saturating_record(v);
     }
 
     /// Counts requests that were due but never sent (see [`ErrorKind::Unsent`]).
