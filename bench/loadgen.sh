@@ -190,8 +190,9 @@ for pct in 50 80; do
 import json, sys
 d = json.load(open(sys.argv[1])); s = d["scenarios"][0]
 rate, pct = float(sys.argv[2]), sys.argv[3]
-# Achieved rate over the requested duration (requests finished / planned seconds).
-achieved = s["requests"] / s["config"]["duration_s"]
+# Achieved rate: responses over the scenario's real duration (first send to last response);
+# a generator that falls behind its schedule stretches it, and unsent requests are failures.
+achieved = s["responses"] / s["duration_s"]
 err = (achieved - rate) / rate * 100
 print(f"| {pct}% | {rate:.0f} | {achieved:.1f} | {err:+.2f}% | {s['latency']['p99_ms']:.3f} | "
       f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} |")
@@ -224,7 +225,8 @@ Closed model, $CONNS connections, $THREADS thread(s), $DURATION each:
 levee/wrk requests/s: **${RATIO_WRK}x**; levee/oha: **${RATIO_OHA}x**.
 
 Open model (\`levee loadtest $URL --rate R -c $CONNS --threads $THREADS -d $DURATION\`), R a share
-of the highest closed-model rate ($MAX_RPS/s); achieved = requests / $DURATION:
+of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real duration
+(first send to last response):
 
 | share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures |
 |---|---|---|---|---|---|---|

@@ -2,7 +2,7 @@
 //!
 //! - [`engine`]: the closed and open models and their connection workers; [`slowloris`]: slow
 //!   connections; [`conn`]: TCP connections (from chosen source addresses) and requests.
-//! - [`stats`]: per-shard HDR histograms and counters, the per-second timeline.
+//! - [`outcome`]: a request's outcome and error kinds; [`stats`]: per-shard HDR histograms and counters, the per-second timeline.
 //! - [`plan`]: the typed plan of a scenario, built from the command line or from a scenario file
 //!   ([`scenario`]).
 //! - [`threshold`]: pass/fail criteria for CI; [`results`]: the figures every report shows;
@@ -12,6 +12,7 @@
 
 pub mod conn;
 pub mod engine;
+pub mod outcome;
 pub mod plan;
 pub mod progress;
 pub mod report_html;
