@@ -119,6 +119,16 @@ async fn open_model_stages_ramp_the_rate() {
     // 0 -> 100/s over 1s (about 50), then 100/s for 1s (100).
     assert!((135..=165).contains(&r.requests), "{}", r.requests);
     assert_eq!(r.config.stages.as_deref(), Some("1s:100,1s:100"));
+
+    // Closed model: the stages set the number of connections (up to 4, then back to 0).
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.stages = Some("500ms:4,500ms:4,500ms:0".into());
+    let r = run_one(a).await;
+    assert_eq!(r.model, "closed");
+    assert_eq!(r.connections_opened, 4);
+    assert!(b.stats().max_in_flight <= 4, "{:?}", b.stats());
+    assert!(r.requests > 0 && r.error_total() == 0, "{:?}", r.errors);
+    assert!((1.4..2.5).contains(&r.duration_s), "{}", r.duration_s);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
