@@ -84,14 +84,28 @@ pub async fn run_http(
         stop,
     });
     let start = Instant::now();
-    let mut workers = match &http.model {
-        Model::Closed { connections } => closed(shared.clone(), connections.clone(), start).await,
+    let (mut workers, open_run) = match &http.model {
+        Model::Closed { connections } => (
+            closed(shared.clone(), connections.clone(), start).await,
+            None,
+        ),
         Model::Open {
             rate,
             max_connections,
-        } => open(shared.clone(), rate, *max_connections as usize, start).await,
+        } => {
+            let (workers, run) = open(shared.clone(), rate, *max_connections as usize, start).await;
+            (workers, Some(run))
+        }
     };
     drain(&mut workers, plan.timeout + Duration::from_millis(500)).await;
+    if let Some((schedule, cutoff)) = open_run {
+        // Requests due before the end (or the stop) that no connection could send.
+        let due = schedule.due_before(cutoff);
+        let sent = schedule.sent.load(Ordering::SeqCst);
+        if due != u64::MAX && due > sent {
+            shared.recorder.record_unsent(due - sent);
+        }
+    }
     Span {
         start,
         end: Instant::now(),
@@ -215,95 +229,110 @@ async fn closed_worker(
     }
 }
 
-/// The open model: requests at their intended times (the rate, following the stages if any),
-/// each handed to an idle connection worker; at most `max_connections` workers.
+/// How late a request may be sent (every connection busy at its intended time) before the
+/// pool of connections grows by one.
+const LATE: Duration = Duration::from_millis(2);
+
+/// The open model's schedule: request `n` is due at a time fixed by the rate alone.
+struct Schedule {
+    rate: Load,
+    /// A constant rate: request `n` is due at exactly `n / rate` (no drift).
+    constant: Option<f64>,
+    /// End of the run in seconds, if it has one.
+    end: Option<f64>,
+    limit: Option<u64>,
+    /// The next request no worker has claimed yet.
+    next: AtomicU64,
+    /// Requests really sent.
+    sent: AtomicU64,
+}
+
+impl Schedule {
+    /// When request `n` is due (seconds from the start); `None` past the end of the run.
+    fn time_of(&self, n: u64) -> Option<f64> {
+        if self.limit.is_some_and(|l| n >= l) {
+            return None;
+        }
+        let t = match self.constant {
+            Some(r) => n as f64 / r,
+            None => self.rate.time_of(n)?,
+        };
+        (!self.end.is_some_and(|e| t >= e)).then_some(t)
+    }
+
+    /// Requests due in the first `t` seconds (within the limit).
+    fn due_before(&self, t: f64) -> u64 {
+        let t = self.end.map_or(t, |e| t.min(e));
+        let due = if t.is_finite() {
+            self.rate.integral(t).ceil() as u64
+        } else {
+            u64::MAX
+        };
+        self.limit.map_or(due, |l| due.min(l))
+    }
+}
+
+/// The open model: request `n` is due at its intended time, computed from the rate alone. Each
+/// idle connection worker claims the next request (so any free connection takes it), waits for
+/// its time, sends it and records its latency from the intended time. When a request is claimed
+/// late (every connection was busy when it was due), one more worker is started, up to
+/// `max_connections`. Requests still unsent when the run ends count as `unsent` errors.
 async fn open(
     shared: Arc<Shared>,
     rate: &Load,
     max_connections: usize,
     start: Instant,
-) -> JoinSet<()> {
+) -> (JoinSet<()>, (Arc<Schedule>, f64)) {
     let plan = shared.plan.clone();
-    let end = plan.duration.map(|d| d.as_secs_f64());
+    let schedule = Arc::new(Schedule {
+        rate: rate.clone(),
+        constant: match rate {
+            Load::Constant(r) => Some(*r),
+            Load::Stages { .. } => None,
+        },
+        end: plan.duration.map(|d| d.as_secs_f64()),
+        limit: plan.requests,
+        next: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    });
     let deadline = plan.duration.map(|d| start + d);
-    let max_connections = max_connections.max(1);
-    let (idle_tx, mut idle_rx) = mpsc::channel::<usize>(max_connections);
-    let mut jobs: Vec<mpsc::Sender<Instant>> = Vec::new();
-    let mut workers = JoinSet::new();
-    let mut sent = 0u64;
-    // Seconds since the start at which the next request is intended: at a constant rate the
-    // n-th one is due at n / rate exactly (no drift), with stages where the integral of the
-    // rate reaches the next whole request.
-    let constant = match rate {
-        Load::Constant(r) => Some(*r),
-        Load::Stages { .. } => None,
-    };
-    let mut next_t = match constant {
-        Some(_) => Some(0.0),
-        None => rate.next_arrival(0.0),
-    };
+    let max = max_connections.max(1);
+    // Enough connections for 10ms answers at the peak rate; more are added when needed.
+    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
+    let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
+    let mut active = JoinSet::new();
+    let mut count = 0;
+    while count < initial {
+        active.spawn(open_worker(
+            count,
+            shared.clone(),
+            schedule.clone(),
+            start,
+            deadline,
+            grow_tx.clone(),
+        ));
+        count += 1;
+    }
     loop {
-        if shared.stop.is_stopped() || plan.requests.is_some_and(|n| sent >= n) {
-            break;
-        }
-        let Some(t) = next_t else { break };
-        if end.is_some_and(|e| t >= e) {
-            break;
-        }
-        let intended = start + Duration::from_secs_f64(t);
-        next_t = match constant {
-            Some(r) => Some((sent + 1) as f64 / r),
-            None => rate.next_arrival(t),
-        };
-        if intended > Instant::now() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(intended) => {}
-                _ = shared.stop.wait() => break,
-            }
-        }
-        let id = match idle_rx.try_recv() {
-            Ok(id) => id,
-            Err(_) if jobs.len() < max_connections => {
-                let id = jobs.len();
-                let (tx, rx) = mpsc::channel(1);
-                jobs.push(tx);
-                workers.spawn(open_worker(id, shared.clone(), rx, idle_tx.clone()));
-                id
-            }
-            Err(_) => tokio::select! {
-                id = idle_rx.recv() => match id { Some(id) => id, None => break },
-                _ = shared.stop.wait() => break,
-                _ = sleep_until_opt(deadline) => {
-                    // The run is over and every connection is still busy: this request and every
-                    // later one due before the end were never sent. They count as failures.
-                    let mut unsent = 1u64;
-                    let mut at = next_t;
-                    while let Some(u) = at {
-                        if end.is_some_and(|e| u >= e)
-                            || plan.requests.is_some_and(|n| sent + unsent >= n)
-                        {
-                            break;
-                        }
-                        unsent += 1;
-                        at = match constant {
-                            Some(r) => Some((sent + unsent) as f64 / r),
-                            None => rate.next_arrival(u),
-                        };
-                    }
-                    shared.recorder.record_unsent(unsent);
-                    break;
+        tokio::select! {
+            _ = grow_rx.recv() => {
+                if count < max {
+                    active.spawn(open_worker(count, shared.clone(), schedule.clone(), start, deadline, grow_tx.clone()));
+                    count += 1;
                 }
-            },
-        };
-        if let Some(job) = jobs.get(id)
-            && job.try_send(intended).is_ok()
-        {
-            sent += 1;
+            }
+            done = active.join_next() => if done.is_none() { break },
+            _ = sleep_until_opt(deadline) => break,
+            _ = shared.stop.wait() => break,
         }
     }
-    // Closing the job channels lets each worker finish its request and exit.
-    drop(jobs);
-    workers
+    // Requests due up to here (the end, or the stop) are counted once the workers are done.
+    let cutoff = if shared.stop.is_stopped() {
+        start.elapsed().as_secs_f64()
+    } else {
+        f64::INFINITY
+    };
+    (active, (schedule, cutoff))
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -317,13 +346,37 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 async fn open_worker(
     id: usize,
     shared: Arc<Shared>,
-    mut jobs: mpsc::Receiver<Instant>,
-    idle: mpsc::Sender<usize>,
+    schedule: Arc<Schedule>,
+    start: Instant,
+    deadline: Option<Instant>,
+    grow: mpsc::Sender<()>,
 ) {
     let mut slot = Slot::new();
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
-    while let Some(intended) = jobs.recv().await {
+    loop {
+        if shared.stop.is_stopped() {
+            return;
+        }
+        let n = schedule.next.fetch_add(1, Ordering::Relaxed);
+        let Some(t) = schedule.time_of(n) else {
+            return;
+        };
+        let intended = start + Duration::from_secs_f64(t);
+        let now = Instant::now();
+        if intended > now {
+            tokio::select! {
+                _ = tokio::time::sleep_until(intended) => {}
+                _ = shared.stop.wait() => return,
+            }
+        } else if deadline.is_some_and(|d| now >= d) {
+            // The run is over: this request was never sent (counted as unsent).
+            return;
+        } else if now.saturating_duration_since(intended) > LATE {
+            // Every connection was busy when it was due: one more connection.
+            let _ = grow.try_send(());
+        }
+        schedule.sent.fetch_add(1, Ordering::SeqCst);
         let sent = Instant::now();
         let outcome = slot
             .send(
@@ -341,8 +394,5 @@ async fn open_worker(
             outcome,
             body_len,
         );
-        if idle.send(id).await.is_err() {
-            return;
-        }
     }
 }

@@ -119,38 +119,57 @@ impl Load {
         }
     }
 
-    /// With this level as a rate: the time of the next arrival after one at `t` seconds, such
-    /// that exactly one request is due in between (the integral of the rate is 1). `None` when
-    /// no more requests are due (the rate stays at 0 from there on).
-    pub fn next_arrival(&self, t: f64) -> Option<f64> {
+    /// With this level as a rate: the number of requests due in the first `t` seconds (the
+    /// integral of the rate from 0 to `t`).
+    pub fn integral(&self, t: f64) -> f64 {
         match self {
-            Load::Constant(r) => (*r > 0.0).then(|| t + 1.0 / r),
+            Load::Constant(r) => r * t.max(0.0),
             Load::Stages { stages, .. } => {
-                let mut remaining = 1.0f64;
-                let mut now = t;
-                let mut end = 0.0;
+                let (mut area, mut t0) = (0.0, 0.0);
                 for s in stages {
-                    end += s.duration.as_secs_f64();
-                    if now >= end {
-                        continue;
+                    let t1 = t0 + s.duration.as_secs_f64();
+                    let upto = t.min(t1);
+                    if upto > t0 {
+                        area += (self.at(t0) + self.at(upto)) / 2.0 * (upto - t0);
                     }
-                    let (r0, r1) = (self.at(now), s.target);
-                    let span = end - now;
-                    let area = (r0 + r1) / 2.0 * span;
-                    if area >= remaining {
-                        let k = (r1 - r0) / span;
+                    if t <= t1 {
+                        return area;
+                    }
+                    t0 = t1;
+                }
+                area + self.at(t0) * (t - t0)
+            }
+        }
+    }
+
+    /// With this level as a rate: when the `n`-th request (from 0) is due, the time at which
+    /// the integral of the rate reaches `n`. `None` if it never does (the rate ends at 0).
+    pub fn time_of(&self, n: u64) -> Option<f64> {
+        let n = n as f64;
+        match self {
+            Load::Constant(r) => (*r > 0.0).then(|| n / r),
+            Load::Stages { stages, .. } => {
+                let (mut area, mut t0) = (0.0, 0.0);
+                for s in stages {
+                    let d = s.duration.as_secs_f64();
+                    let (r0, r1) = (self.at(t0), s.target);
+                    let segment = (r0 + r1) / 2.0 * d;
+                    if area + segment >= n && d > 0.0 {
+                        // r0 x + k x^2 / 2 = remaining, k the slope of the rate.
+                        let remaining = n - area;
+                        let k = (r1 - r0) / d;
                         let x = if k.abs() < 1e-12 {
-                            remaining / r0
+                            if r0 > 0.0 { remaining / r0 } else { 0.0 }
                         } else {
                             (-r0 + (r0 * r0 + 2.0 * k * remaining).max(0.0).sqrt()) / k
                         };
-                        return Some(now + x.clamp(0.0, span));
+                        return Some(t0 + x.clamp(0.0, d));
                     }
-                    remaining -= area;
-                    now = end;
+                    area += segment;
+                    t0 += d;
                 }
-                let last = self.at(now.max(end));
-                (last > 0.0).then(|| now.max(end) + remaining / last)
+                let last = self.at(t0);
+                (last > 0.0).then(|| t0 + (n - area) / last)
             }
         }
     }
@@ -369,17 +388,23 @@ mod tests {
         assert_eq!(load.at(30.0), 0.0);
         assert_eq!(load.stages_duration(), Some(Duration::from_secs(25)));
         assert_eq!(load.max(), 100.0);
-        // Arrivals: about 50 in the first ramp, 100 at 100/s, 25 in the ramp down.
-        let mut n = 0;
-        let mut t = 0.0;
-        while let Some(next) = load.next_arrival(t) {
-            if next >= 25.0 {
-                break;
-            }
-            t = next;
-            n += 1;
+        // Requests due: 50 in the first ramp, 100 at 100/s, 25 in the ramp down.
+        assert!((load.integral(10.0) - 500.0).abs() < 1e-9);
+        assert!((load.integral(25.0) - 1750.0).abs() < 1e-9);
+        assert_eq!(load.time_of(0), Some(0.0));
+        let t = load.time_of(500).unwrap_or(0.0);
+        assert!((t - 10.0).abs() < 1e-9, "{t}");
+        let t = load.time_of(1000).unwrap_or(0.0);
+        assert!((t - 15.0).abs() < 1e-9, "{t}");
+        let t = load.time_of(1700).unwrap_or(0.0);
+        assert!(t > 20.0 && t < 25.0, "{t}");
+        assert_eq!(load.time_of(1751), None);
+        for n in [1u64, 7, 333, 1234, 1749] {
+            let t = load.time_of(n).unwrap_or(-1.0);
+            assert!((load.integral(t) - n as f64).abs() < 1e-6, "{n} {t}");
         }
-        assert!((1749..=1751).contains(&n), "{n}");
+        assert_eq!(Load::Constant(200.0).time_of(400), Some(2.0));
+
         assert!(parse_stages("10s").is_err());
         assert!(parse_stages("soon:5").is_err());
         assert!(parse_stages("1s:-5").is_err());
