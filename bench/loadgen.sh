@@ -151,6 +151,7 @@ json_field() { # file python-expression-on-s (the first scenario)
 }
 
 # ---------------------------------------------------------------- closed model
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "warm-up (wrk, 2s)"
 "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d2s "$URL" >/dev/null
 
@@ -202,6 +203,7 @@ PY
 done
 
 # ---------------------------------------------------------------- report
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 NGINX_V=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
 WRK_V=$("$WRK" -v 2>&1 | head -1 | awk '{print $2}' || true)
 OHA_V=$("$OHA" --version 2>&1 | awk '{print $2}')
@@ -213,6 +215,8 @@ REPORT=$(cat <<EOF
 \`$INVOCATION\` (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION);
 nproc $NCPU ($CPU_MODEL), kernel $(uname -r); pinning: $PINNING.
 Backend: nginx $NGINX_V, 1 worker, \`return 200\`. wrk $WRK_V, oha $OHA_V, levee $LEVEE_V.
+Load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (other work on the machine
+shows here: the figures are only comparable within one run).
 
 Closed model, $CONNS connections, $THREADS thread(s), $DURATION each:
 

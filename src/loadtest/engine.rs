@@ -1,11 +1,12 @@
 //! The load models: closed (a number of connections, each sending its next request when the
 //! previous one is answered) and open (requests sent at a rate, whatever the answers).
 //!
-//! The open model never hides queueing: a dispatcher computes each request's intended send time
-//! from the rate alone and hands it to an idle connection worker (at most `max_connections`). When
-//! none is free the request waits, and its latency is counted from the intended time, as wrk2 does
+//! The open model never hides queueing: request `n`'s intended send time comes from the rate
+//! alone, and the next idle connection worker (at most `max_connections`) claims it. When none is
+//! free the request waits, and its latency is counted from the intended time, as wrk2 does
 //! (coordinated omission corrected); the uncorrected latency, from the actual send, is recorded
-//! beside it.
+//! beside it. No dispatcher task and no channel per request: a shared counter hands out the
+//! requests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
