@@ -98,7 +98,11 @@ pub async fn run_http(
             (workers, Some(run))
         }
     };
-    drain(&mut workers, plan.timeout + Duration::from_millis(500)).await;
+    let grace = match open_run {
+        Some(_) => plan.timeout + LATE_SEND_GRACE + Duration::from_millis(500),
+        None => plan.timeout + Duration::from_millis(500),
+    };
+    drain(&mut workers, grace).await;
     if let Some((schedule, cutoff)) = open_run {
         // Requests due before the end (or the stop) that no connection could send.
         let due = schedule.due_before(cutoff);
@@ -233,6 +237,10 @@ async fn closed_worker(
 /// How late a request may be sent (every connection busy at its intended time) before the
 /// pool of connections grows by one.
 const LATE: Duration = Duration::from_millis(2);
+
+/// Open model: requests due before the end of the run may still be sent this long after it
+/// (they are late, and their latency says so); those still waiting then count as unsent.
+const LATE_SEND_GRACE: Duration = Duration::from_secs(1);
 
 /// The open model's schedule: request `n` is due at a time fixed by the rate alone.
 struct Schedule {
@@ -370,8 +378,8 @@ async fn open_worker(
                 _ = tokio::time::sleep_until(intended) => {}
                 _ = shared.stop.wait() => return,
             }
-        } else if deadline.is_some_and(|d| now >= d) {
-            // The run is over: this request was never sent (counted as unsent).
+        } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
+            // Long past the end of the run: this request was never sent (counted as unsent).
             return;
         } else if now.saturating_duration_since(intended) > LATE {
             // Every connection was busy when it was due: one more connection.

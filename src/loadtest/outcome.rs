@@ -13,8 +13,8 @@ pub enum ErrorKind {
     Closed,
     /// The response was not valid HTTP/1.1.
     Protocol,
-    /// Open model: due before the end of the run but never sent, every connection being busy
-    /// until the end (raise `--connections`, or the server is stalled).
+    /// Open model: due before the end of the run but not sent by 1s after it, every connection
+    /// being busy (raise `--connections`, or the server is stalled).
     Unsent,
     /// Anything else (reported with this name).
     Other,
