@@ -11,6 +11,8 @@
 #   BENCH_THREADS=1        client threads (levee --threads, wrk -t; oha is pinned to as many CPUs)
 #   BENCH_CONNS=50         connections (levee -c, wrk -c, oha -c)
 #   BENCH_DURATION=10s     each measurement (a 2s warm-up with wrk precedes the first)
+#   BENCH_ROUNDS=3         closed-model rounds per tool, alternating the tools
+#   BENCH_OPEN_CONNS=512   open model: the most connections (levee's default)
 #   BENCH_WRITE=1          append the results to bench/RESULTS.md under "loadgen" (0: don't)
 #   BENCH_PIN=1            0: no CPU pinning; 1: backend on CPU BENCH_BACKEND_CPU, clients on
 #   BENCH_BACKEND_CPU=0       the next BENCH_THREADS CPUs from BENCH_CLIENT_CPU
@@ -24,6 +26,8 @@ cd "$ROOT"
 
 INVOCATION="bench/loadgen.sh${*:+ $*}"
 THREADS=${BENCH_THREADS:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
+OPEN_CONNS=${BENCH_OPEN_CONNS:-512}
 CONNS=${BENCH_CONNS:-50}
 DURATION=${BENCH_DURATION:-10s}
 WRITE=${BENCH_WRITE:-1}
@@ -155,37 +159,46 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "warm-up (wrk, 2s)"
 "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d2s "$URL" >/dev/null
 
-log "levee loadtest -c $CONNS --threads $THREADS -d $DURATION"
-"${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
-    --json "$TMP/levee-closed.json" >"$TMP/levee-closed.txt"
-LEVEE_RPS=$(json_field "$TMP/levee-closed.json" 'round(s["rps"])')
-LEVEE_P99=$(json_field "$TMP/levee-closed.json" 's["latency"]["p99_ms"]')
-LEVEE_ERR=$(json_field "$TMP/levee-closed.json" 's["failures"]')
+# Rounds alternate the tools, so that other work on the machine hits them alike; each tool's
+# best and median round are reported.
+LEVEE_RUNS=(); WRK_RUNS=(); OHA_RUNS=(); LEVEE_P99S=(); WRK_P99S=(); OHA_P99S=(); LEVEE_ERR=0
+for round in $(seq "$ROUNDS"); do
+    log "round $round/$ROUNDS: levee loadtest -c $CONNS --threads $THREADS -d $DURATION"
+    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
+        --json "$TMP/levee-closed.json" >"$TMP/levee-closed.txt"
+    LEVEE_RUNS+=("$(json_field "$TMP/levee-closed.json" 'round(s["rps"])')")
+    LEVEE_P99S+=("$(json_field "$TMP/levee-closed.json" 'round(s["latency"]["p99_ms"], 3)')")
+    LEVEE_ERR=$(( LEVEE_ERR + $(json_field "$TMP/levee-closed.json" 's["failures"]') ))
 
-log "wrk -t$THREADS -c$CONNS -d$DURATION --latency"
-"${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
-WRK_RPS=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/wrk.txt")
-WRK_P99=$(awk '$1 == "99%" { v=$2; n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
-    f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", n*f }' "$TMP/wrk.txt")
-WRK_ERR=$(awk '/Non-2xx|Socket errors/ { print; }' "$TMP/wrk.txt" | tr '\n' ' ')
-WRK_ERR=${WRK_ERR:-0}
+    log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+    "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
+    WRK_RUNS+=("$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/wrk.txt")")
+    WRK_P99S+=("$(awk '$1 == "99%" { v=$2; n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
+        f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", n*f }' "$TMP/wrk.txt")")
 
-log "oha -c $CONNS -z $DURATION (pinned to the same CPUs)"
-"${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
-    >"$TMP/oha.json" 2>"$TMP/oha.err" || "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui -j "$URL" >"$TMP/oha.json"
-OHA_RPS=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$TMP/oha.json")
-OHA_P99=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"]*1000, 3))' "$TMP/oha.json")
+    log "round $round/$ROUNDS: oha -c $CONNS -z $DURATION (pinned to the same CPUs)"
+    "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
+        >"$TMP/oha.json" 2>"$TMP/oha.err"
+    OHA_RUNS+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$TMP/oha.json")")
+    OHA_P99S+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"]*1000, 3))' "$TMP/oha.json")")
+done
+best() { printf '%s\n' "$@" | sort -n | tail -1; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+LEVEE_RPS=$(best "${LEVEE_RUNS[@]}"); WRK_RPS=$(best "${WRK_RUNS[@]}"); OHA_RPS=$(best "${OHA_RUNS[@]}")
+LEVEE_MED=$(median "${LEVEE_RUNS[@]}"); WRK_MED=$(median "${WRK_RUNS[@]}"); OHA_MED=$(median "${OHA_RUNS[@]}")
+LEVEE_P99=$(median "${LEVEE_P99S[@]}"); WRK_P99=$(median "${WRK_P99S[@]}"); OHA_P99=$(median "${OHA_P99S[@]}")
 
 MAX_RPS=$(printf '%s\n' "$LEVEE_RPS" "$WRK_RPS" "$OHA_RPS" | sort -n | tail -1)
 RATIO_WRK=$(python3 -c "print(f'{$LEVEE_RPS / max($WRK_RPS, 1):.2f}')")
 RATIO_OHA=$(python3 -c "print(f'{$LEVEE_RPS / max($OHA_RPS, 1):.2f}')")
+RATIO_WRK_MED=$(python3 -c "print(f'{$LEVEE_MED / max($WRK_MED, 1):.2f}')")
 
 # ---------------------------------------------------------------- open model
 OPEN_ROWS=()
 for pct in 50 80; do
     rate=$(( MAX_RPS * pct / 100 ))
-    log "levee loadtest --rate $rate -c $CONNS --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
-    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$CONNS" --threads "$THREADS" \
+    log "levee loadtest --rate $rate -c $OPEN_CONNS --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
+    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$OPEN_CONNS" --threads "$THREADS" \
         -d "$DURATION" -q --json "$TMP/levee-open-$pct.json" >"$TMP/levee-open-$pct.txt"
     row=$(python3 - "$TMP/levee-open-$pct.json" "$rate" "$pct" <<'PY'
 import json, sys
@@ -218,19 +231,21 @@ Backend: nginx $NGINX_V, 1 worker, \`return 200\`. wrk $WRK_V, oha $OHA_V, levee
 Load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (other work on the machine
 shows here: the figures are only comparable within one run).
 
-Closed model, $CONNS connections, $THREADS thread(s), $DURATION each:
+Closed model, $CONNS connections, $THREADS thread(s), $ROUNDS rounds of $DURATION per tool, the
+tools alternating (requests/s of every round in brackets):
 
-| tool | command | requests/s | p99 ms | errors |
-|---|---|---|---|---|
-| levee loadtest | \`levee loadtest $URL -c $CONNS --threads $THREADS -d $DURATION\` | $LEVEE_RPS | $LEVEE_P99 | $LEVEE_ERR |
-| wrk | \`wrk -t$THREADS -c$CONNS -d$DURATION $URL\` | $WRK_RPS | $WRK_P99 | $WRK_ERR |
-| oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_P99 | - |
+| tool | command | best requests/s | median requests/s | rounds | median p99 ms |
+|---|---|---|---|---|---|
+| levee loadtest | \`levee loadtest $URL -c $CONNS --threads $THREADS -d $DURATION\` | $LEVEE_RPS | $LEVEE_MED | ${LEVEE_RUNS[*]} | $LEVEE_P99 |
+| wrk | \`wrk -t$THREADS -c$CONNS -d$DURATION $URL\` | $WRK_RPS | $WRK_MED | ${WRK_RUNS[*]} | $WRK_P99 |
+| oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_MED | ${OHA_RUNS[*]} | $OHA_P99 |
 
-levee/wrk requests/s: **${RATIO_WRK}x**; levee/oha: **${RATIO_OHA}x**.
+levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
+rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
 
-Open model (\`levee loadtest $URL --rate R -c $CONNS --threads $THREADS -d $DURATION\`), R a share
-of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real duration
-(first send to last response):
+Open model (\`levee loadtest $URL --rate R -c $OPEN_CONNS --threads $THREADS -d $DURATION\`), R a
+share of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real
+duration (first send to last response):
 
 | share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures |
 |---|---|---|---|---|---|---|

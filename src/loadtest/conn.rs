@@ -10,10 +10,12 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use std::future::Future;
+use std::pin::Pin;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Sleep;
 
 use super::plan::{HttpPlan, Plan, SourceIps};
 use super::stats::{ErrorKind, Outcome};
@@ -54,7 +56,10 @@ impl Connector {
     /// own: no wake-up of another task per request).
     pub async fn http1(&self) -> Result<Open, ErrorKind> {
         let stream = self.tcp().await.map_err(|_| ErrorKind::Connect)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // Small requests: one flattened write is cheaper than a vectored one.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ErrorKind::of_hyper(&e))?;
         Ok(Open { sender, conn })
@@ -120,11 +125,18 @@ pub struct Open {
 /// A worker's connection slot: opened on demand, kept while keep-alive allows.
 pub struct Slot {
     sender: Option<Open>,
+    /// The request timeout, one timer per worker: moving it later for each request is an atomic
+    /// store in tokio (no timer-wheel registration per request).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Slot {
+    /// A slot without a connection. Call it inside the runtime.
     pub fn new() -> Slot {
-        Slot { sender: None }
+        Slot {
+            sender: None,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
     }
 
     /// Drops the connection (the next request opens a new one).
@@ -141,18 +153,29 @@ impl Slot {
         timeout: Duration,
         opened: impl FnOnce(),
     ) -> Outcome {
-        match tokio::time::timeout(timeout, self.exchange(connector, template, opened)).await {
-            Ok(Ok((status, bytes))) => {
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
+        let result = {
+            let work = Slot::exchange(&mut self.sender, connector, template, opened);
+            tokio::select! {
+                biased;
+                result = work => Some(result),
+                _ = self.timer.as_mut() => None,
+            }
+        };
+        match result {
+            Some(Ok((status, bytes))) => {
                 if !template.keepalive() {
                     self.sender = None;
                 }
                 Outcome::Response { status, bytes }
             }
-            Ok(Err(kind)) => {
+            Some(Err(kind)) => {
                 self.sender = None;
                 Outcome::Error(kind)
             }
-            Err(_) => {
+            None => {
                 self.sender = None;
                 Outcome::Error(ErrorKind::Timeout)
             }
@@ -160,28 +183,28 @@ impl Slot {
     }
 
     async fn exchange(
-        &mut self,
+        slot: &mut Option<Open>,
         connector: &Connector,
         template: &RequestTemplate,
         opened: impl FnOnce(),
     ) -> Result<(u16, u64), ErrorKind> {
         // A kept connection the server closed meanwhile: notice it now (poll its driver once)
         // rather than fail the request on it.
-        if let Some(open) = &mut self.sender {
+        if let Some(open) = slot.as_mut() {
             let ended = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(std::pin::Pin::new(&mut open.conn).poll(cx).is_ready())
             })
             .await;
             if ended || open.sender.is_closed() {
-                self.sender = None;
+                *slot = None;
             }
         }
-        let open = match &mut self.sender {
+        let open = match slot {
             Some(open) => open,
             None => {
                 let open = connector.http1().await?;
                 opened();
-                self.sender.insert(open)
+                slot.insert(open)
             }
         };
         let (result, ended) = {
@@ -216,7 +239,7 @@ impl Slot {
             }
         };
         if ended {
-            self.sender = None;
+            *slot = None;
         }
         result
     }
