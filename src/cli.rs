@@ -36,6 +36,8 @@ pub enum Command {
     Postmortem(PostmortemArgs),
     /// Print the runbook of every alert: what it means and what to do
     Runbook,
+    /// Generate load against a URL or run a scenario file; thresholds decide the exit code
+    Loadtest(Box<crate::loadtest::LoadtestArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +167,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Runbook => {
             print!("{}", crate::observe::rules::runbook_markdown());
             Ok(ExitCode::SUCCESS)
+        }
+        // The load generator runs on its own runtime, sized by its --threads.
+        Command::Loadtest(a) => {
+            Ok(tokio::task::spawn_blocking(move || crate::loadtest::run_blocking(*a)).await?)
         }
     }
 }

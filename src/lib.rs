@@ -14,6 +14,7 @@ pub mod drill;
 pub mod events;
 pub mod health;
 pub mod journal;
+pub mod loadtest;
 pub mod observe;
 pub mod proxy;
 pub mod shield;

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# bench/loadgen.sh: is `levee loadtest` ever the bottleneck? Compare it with wrk and oha against
+# the same fast static backend (nginx, 1 worker, `return 200`), then check that its open model
+# holds a requested rate.
+#
+# 1. Closed model, same connections and threads: levee loadtest, wrk, oha (max requests/s).
+# 2. Open model at 50% and 80% of the highest closed-model rate measured: the achieved rate and
+#    its error (target: within 1%), with corrected and uncorrected p99.
+#
+# Environment:
+#   BENCH_THREADS=1        client threads (levee --threads, wrk -t; oha is pinned to as many CPUs)
+#   BENCH_CONNS=50         connections (levee -c, wrk -c, oha -c)
+#   BENCH_DURATION=10s     each measurement (a 2s warm-up with wrk precedes the first)
+#   BENCH_ROUNDS=3         closed-model rounds per tool, alternating the tools
+#   BENCH_OPEN_CONNS=512   open model: the most connections (levee's default)
+#   BENCH_WRITE=1          append the results to bench/RESULTS.md under "loadgen" (0: don't)
+#   BENCH_PIN=1            0: no CPU pinning; 1: backend on CPU BENCH_BACKEND_CPU, clients on
+#   BENCH_BACKEND_CPU=0       the next BENCH_THREADS CPUs from BENCH_CLIENT_CPU
+#   BENCH_CLIENT_CPU=1
+#   BENCH_TOOLS=target/bench-tools   where oha is installed (cargo install --root) if missing
+#   LEVEE_BIN=target/release/levee   (built with cargo build --release if missing)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+INVOCATION="bench/loadgen.sh${*:+ $*}"
+THREADS=${BENCH_THREADS:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
+OPEN_CONNS=${BENCH_OPEN_CONNS:-512}
+CONNS=${BENCH_CONNS:-50}
+DURATION=${BENCH_DURATION:-10s}
+WRITE=${BENCH_WRITE:-1}
+PIN=${BENCH_PIN:-1}
+BACKEND_CPU=${BENCH_BACKEND_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+TOOLS=${BENCH_TOOLS:-$ROOT/target/bench-tools}
+LEVEE_BIN=${LEVEE_BIN:-$ROOT/target/release/levee}
+BACKEND=127.0.0.1:18181
+URL="http://$BACKEND/"
+
+log() { printf '[loadgen] %s\n' "$*" >&2; }
+die() { printf '[loadgen] error: %s\n' "$*" >&2; exit 1; }
+
+[[ $THREADS =~ ^[0-9]+$ && $CONNS =~ ^[0-9]+$ && $THREADS -ge 1 ]] ||
+    die "BENCH_THREADS and BENCH_CONNS must be integers >= 1"
+DURATION_S=${DURATION%s}
+[[ $DURATION_S =~ ^[0-9]+$ && $DURATION_S -gt 0 ]] || die "BENCH_DURATION must be like 10s"
+
+# ---------------------------------------------------------------- tools
+find_bin() {
+    local p
+    p=$(command -v "$1" 2>/dev/null) && { echo "$p"; return 0; }
+    for p in /usr/sbin/$1 /usr/local/sbin/$1 /sbin/$1 "$TOOLS/bin/$1"; do
+        [[ -x $p ]] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+SUDO=()
+(( EUID == 0 )) || SUDO=(sudo)
+missing=()
+for tool in nginx wrk curl python3; do
+    find_bin "$tool" >/dev/null || missing+=("$tool")
+done
+if (( ${#missing[@]} )); then
+    log "installing ${missing[*]} (apt)"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! find_bin oha >/dev/null; then
+    if apt-cache show oha >/dev/null 2>&1; then
+        log "installing oha (apt)"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oha >/dev/null
+    else
+        log "installing oha into $TOOLS (cargo install oha --locked; takes a few minutes once)"
+        cargo install oha --locked --quiet --root "$TOOLS" || die "cargo install oha failed"
+    fi
+fi
+NGINX=$(find_bin nginx) || die "nginx not found"
+WRK=$(find_bin wrk) || die "wrk not found"
+OHA=$(find_bin oha) || die "oha not found"
+if [[ ! -x $LEVEE_BIN ]]; then
+    log "building levee (cargo build --release)"
+    cargo build --release --quiet || die "cargo build --release failed"
+fi
+[[ -x $LEVEE_BIN ]] || die "$LEVEE_BIN missing"
+
+NCPU=$(nproc)
+LAST_CLIENT_CPU=$(( CLIENT_CPU + THREADS - 1 ))
+if [[ $PIN == 1 ]] && command -v taskset >/dev/null && (( LAST_CLIENT_CPU < NCPU && BACKEND_CPU < NCPU )); then
+    PIN_BACKEND=(taskset -c "$BACKEND_CPU")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPU-$LAST_CLIENT_CPU")
+    PINNING="backend nginx on CPU $BACKEND_CPU, the load generator on CPU $CLIENT_CPU-$LAST_CLIENT_CPU"
+else
+    PIN_BACKEND=()
+    PIN_CLIENT=()
+    PINNING="none (BENCH_PIN=$PIN, nproc=$NCPU)"
+fi
+
+# ---------------------------------------------------------------- backend
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/levee-loadgen.XXXXXX")
+chmod 755 "$TMP"
+BACKEND_PID=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $BACKEND_PID ]] && kill -0 "$BACKEND_PID" 2>/dev/null; then
+        kill -TERM "$BACKEND_PID" 2>/dev/null || true
+        wait "$BACKEND_PID" 2>/dev/null || true
+    fi
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+(exec 3<>"/dev/tcp/${BACKEND%:*}/${BACKEND#*:}") 2>/dev/null && die "$BACKEND is already in use"
+mkdir -p "$TMP/tmp"
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/tmp/body;
+    proxy_temp_path $TMP/tmp/proxy;
+    fastcgi_temp_path $TMP/tmp/fastcgi;
+    uwsgi_temp_path $TMP/tmp/uwsgi;
+    scgi_temp_path $TMP/tmp/scgi;
+    server {
+        listen $BACKEND;
+        location / { return 200 "hello from backend\n"; }
+    }
+}
+EOF
+"$NGINX" -t -q -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" || die "invalid nginx config"
+"${PIN_BACKEND[@]}" "$NGINX" -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" -g 'daemon off;' \
+    >"$TMP/nginx.log" 2>&1 &
+BACKEND_PID=$!
+for _ in $(seq 100); do
+    [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$URL" || true) == 200 ]] && break
+    kill -0 "$BACKEND_PID" 2>/dev/null || die "nginx exited: $(cat "$TMP/error.log")"
+    sleep 0.1
+done
+[[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$URL" || true) == 200 ]] || die "backend not answering"
+
+json_field() { # file python-expression-on-s (the first scenario)
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d["scenarios"][0]; print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+# ---------------------------------------------------------------- closed model
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "warm-up (wrk, 2s)"
+"${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d2s "$URL" >/dev/null
+
+# Rounds alternate the tools, so that other work on the machine hits them alike; each tool's
+# best and median round are reported.
+LEVEE_RUNS=(); WRK_RUNS=(); OHA_RUNS=(); LEVEE_P99S=(); WRK_P99S=(); OHA_P99S=(); LEVEE_ERR=0
+for round in $(seq "$ROUNDS"); do
+    log "round $round/$ROUNDS: levee loadtest -c $CONNS --threads $THREADS -d $DURATION"
+    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
+        --json "$TMP/levee-closed.json" >"$TMP/levee-closed.txt"
+    LEVEE_RUNS+=("$(json_field "$TMP/levee-closed.json" 'round(s["rps"])')")
+    LEVEE_P99S+=("$(json_field "$TMP/levee-closed.json" 'round(s["latency"]["p99_ms"], 3)')")
+    LEVEE_ERR=$(( LEVEE_ERR + $(json_field "$TMP/levee-closed.json" 's["failures"]') ))
+
+    log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+    "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
+    WRK_RUNS+=("$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/wrk.txt")")
+    WRK_P99S+=("$(awk '$1 == "99%" { v=$2; n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
+        f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", n*f }' "$TMP/wrk.txt")")
+
+    log "round $round/$ROUNDS: oha -c $CONNS -z $DURATION (pinned to the same CPUs)"
+    "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
+        >"$TMP/oha.json" 2>"$TMP/oha.err"
+    OHA_RUNS+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$TMP/oha.json")")
+    OHA_P99S+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"]*1000, 3))' "$TMP/oha.json")")
+done
+best() { printf '%s\n' "$@" | sort -n | tail -1; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+LEVEE_RPS=$(best "${LEVEE_RUNS[@]}"); WRK_RPS=$(best "${WRK_RUNS[@]}"); OHA_RPS=$(best "${OHA_RUNS[@]}")
+LEVEE_MED=$(median "${LEVEE_RUNS[@]}"); WRK_MED=$(median "${WRK_RUNS[@]}"); OHA_MED=$(median "${OHA_RUNS[@]}")
+LEVEE_P99=$(median "${LEVEE_P99S[@]}"); WRK_P99=$(median "${WRK_P99S[@]}"); OHA_P99=$(median "${OHA_P99S[@]}")
+
+MAX_RPS=$(printf '%s\n' "$LEVEE_RPS" "$WRK_RPS" "$OHA_RPS" | sort -n | tail -1)
+RATIO_WRK=$(python3 -c "print(f'{$LEVEE_RPS / max($WRK_RPS, 1):.2f}')")
+RATIO_OHA=$(python3 -c "print(f'{$LEVEE_RPS / max($OHA_RPS, 1):.2f}')")
+RATIO_WRK_MED=$(python3 -c "print(f'{$LEVEE_MED / max($WRK_MED, 1):.2f}')")
+
+# ---------------------------------------------------------------- open model
+OPEN_ROWS=()
+for pct in 50 80; do
+    rate=$(( MAX_RPS * pct / 100 ))
+    log "levee loadtest --rate $rate -c $OPEN_CONNS --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
+    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$OPEN_CONNS" --threads "$THREADS" \
+        -d "$DURATION" -q --json "$TMP/levee-open-$pct.json" >"$TMP/levee-open-$pct.txt"
+    row=$(python3 - "$TMP/levee-open-$pct.json" "$rate" "$pct" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = d["scenarios"][0]
+rate, pct = float(sys.argv[2]), sys.argv[3]
+# Achieved rate: responses over the scenario's real duration (first send to last response);
+# a generator that falls behind its schedule stretches it, and unsent requests are failures.
+achieved = s["responses"] / s["duration_s"]
+err = (achieved - rate) / rate * 100
+print(f"| {pct}% | {rate:.0f} | {achieved:.1f} | {err:+.2f}% | {s['latency']['p99_ms']:.3f} | "
+      f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} |")
+PY
+)
+    OPEN_ROWS+=("$row")
+done
+
+# ---------------------------------------------------------------- report
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+NGINX_V=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+WRK_V=$("$WRK" -v 2>&1 | head -1 | awk '{print $2}' || true)
+OHA_V=$("$OHA" --version 2>&1 | awk '{print $2}')
+LEVEE_V=$("$LEVEE_BIN" --version | awk '{print $2}')
+CPU_MODEL=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
+REPORT=$(cat <<EOF
+## loadgen: levee loadtest vs wrk vs oha ($(date -u '+%Y-%m-%d %H:%M UTC'))
+
+\`$INVOCATION\` (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION);
+nproc $NCPU ($CPU_MODEL), kernel $(uname -r); pinning: $PINNING.
+Backend: nginx $NGINX_V, 1 worker, \`return 200\`. wrk $WRK_V, oha $OHA_V, levee $LEVEE_V.
+Load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (other work on the machine
+shows here: the figures are only comparable within one run).
+
+Closed model, $CONNS connections, $THREADS thread(s), $ROUNDS rounds of $DURATION per tool, the
+tools alternating (requests/s of every round in brackets):
+
+| tool | command | best requests/s | median requests/s | rounds | median p99 ms |
+|---|---|---|---|---|---|
+| levee loadtest | \`levee loadtest $URL -c $CONNS --threads $THREADS -d $DURATION\` | $LEVEE_RPS | $LEVEE_MED | ${LEVEE_RUNS[*]} | $LEVEE_P99 |
+| wrk | \`wrk -t$THREADS -c$CONNS -d$DURATION $URL\` | $WRK_RPS | $WRK_MED | ${WRK_RUNS[*]} | $WRK_P99 |
+| oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_MED | ${OHA_RUNS[*]} | $OHA_P99 |
+
+levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
+rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
+
+Open model (\`levee loadtest $URL --rate R -c $OPEN_CONNS --threads $THREADS -d $DURATION\`), R a
+share of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real
+duration (first send to last response):
+
+| share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures |
+|---|---|---|---|---|---|---|
+$(printf '%s\n' "${OPEN_ROWS[@]}")
+EOF
+)
+printf '%s\n' "$REPORT"
+if [[ $WRITE == 1 ]]; then
+    RESULTS=bench/RESULTS.md
+    [[ -f $RESULTS ]] || printf '# Benchmark results\n' >"$RESULTS"
+    printf '\n%s\n' "$REPORT" >>"$RESULTS"
+    log "appended to $RESULTS"
+fi

@@ -1,0 +1,407 @@
+//! The load models: closed (a number of connections, each sending its next request when the
+//! previous one is answered) and open (requests sent at a rate, whatever the answers).
+//!
+//! The open model never hides queueing: request `n`'s intended send time comes from the rate
+//! alone, and the next idle connection worker (at most `max_connections`) claims it. When none is
+//! free the request waits, and its latency is counted from the intended time, as wrk2 does
+//! (coordinated omission corrected); the uncorrected latency, from the actual send, is recorded
+//! beside it. No dispatcher task and no channel per request: a shared counter hands out the
+//! requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::conn::{Connector, RequestTemplate, Slot};
+use super::plan::{HttpPlan, Load, Model, Plan};
+use super::stats::Recorder;
+
+/// Tells every part of a run to stop (end of the run, or Ctrl-C).
+pub struct StopSignal {
+    flag: AtomicBool,
+    tx: watch::Sender<bool>,
+}
+
+impl StopSignal {
+    pub fn new() -> Arc<StopSignal> {
+        Arc::new(StopSignal {
+            flag: AtomicBool::new(false),
+            tx: watch::channel(false).0,
+        })
+    }
+
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`StopSignal::stop`] was called.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// When a scenario's load really started and ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub start: Instant,
+    pub end: Instant,
+}
+
+/// Everything a worker of an HTTP scenario needs.
+struct Shared {
+    plan: Arc<Plan>,
+    connector: Arc<Connector>,
+    template: RequestTemplate,
+    recorder: Arc<Recorder>,
+    stop: Arc<StopSignal>,
+}
+
+/// Runs an HTTP scenario to its end (duration, request count, or stop).
+pub async fn run_http(
+    plan: Arc<Plan>,
+    http: &HttpPlan,
+    recorder: Arc<Recorder>,
+    stop: Arc<StopSignal>,
+) -> Span {
+    let shared = Arc::new(Shared {
+        connector: Connector::new(&plan),
+        template: RequestTemplate::new(&plan, http),
+        plan: plan.clone(),
+        recorder,
+        stop,
+    });
+    let start = Instant::now();
+    let (mut workers, open_run) = match &http.model {
+        Model::Closed { connections } => (
+            closed(shared.clone(), connections.clone(), start).await,
+            None,
+        ),
+        Model::Open {
+            rate,
+            max_connections,
+        } => {
+            let (workers, run) = open(shared.clone(), rate, *max_connections as usize, start).await;
+            (workers, Some(run))
+        }
+    };
+    let grace = match open_run {
+        Some(_) => plan.timeout + LATE_SEND_GRACE + Duration::from_millis(500),
+        None => plan.timeout + Duration::from_millis(500),
+    };
+    drain(&mut workers, grace).await;
+    if let Some((schedule, cutoff)) = open_run {
+        // Requests due before the end (or the stop) that no connection could send.
+        let due = schedule.due_before(cutoff);
+        let sent = schedule.sent.load(Ordering::SeqCst);
+        if due != u64::MAX && due > sent {
+            shared.recorder.record_unsent(due - sent);
+        }
+    }
+    Span {
+        start,
+        end: Instant::now(),
+    }
+}
+
+/// Waits for the workers to finish their last request, at most `grace`; aborts the rest.
+pub async fn drain(workers: &mut JoinSet<()>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while !workers.is_empty() {
+        match tokio::time::timeout_at(deadline, workers.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                workers.abort_all();
+                while workers.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+/// The closed model: `connections` workers (following the stages if any), each sending a request
+/// as soon as the previous one is answered. Returns when the load phase is over.
+async fn closed(shared: Arc<Shared>, connections: Load, start: Instant) -> JoinSet<()> {
+    let plan = &shared.plan;
+    let deadline = plan.duration.map(|d| start + d);
+    let budget = plan.requests.map(|n| Arc::new(AtomicU64::new(n)));
+    let max = connections.max().ceil().max(0.0) as usize;
+    let active = Arc::new(AtomicUsize::new(connections.at(0.0).round() as usize));
+    let (active_tx, active_rx) = watch::channel(());
+    let mut workers = JoinSet::new();
+    for id in 0..max {
+        workers.spawn(closed_worker(
+            id,
+            shared.clone(),
+            deadline,
+            budget.clone(),
+            active.clone(),
+            active_rx.clone(),
+        ));
+    }
+    if matches!(connections, Load::Stages { .. }) {
+        // Follow the stages until the end of the run.
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shared.stop.wait() => break,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) || active_tx.is_closed() {
+                break;
+            }
+            let target = connections.at(start.elapsed().as_secs_f64()).round() as usize;
+            if active.swap(target, Ordering::SeqCst) != target {
+                active_tx.send_replace(());
+            }
+        }
+    }
+    // Wait for the load phase to end: the deadline, the request budget, or a stop.
+    let end = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut finished = JoinSet::new();
+    tokio::select! {
+        _ = end => {}
+        _ = shared.stop.wait() => {}
+        _ = async { while workers.join_next().await.is_some() {} } => {}
+    }
+    std::mem::swap(&mut finished, &mut workers);
+    finished
+}
+
+async fn closed_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+    budget: Option<Arc<AtomicU64>>,
+    active: Arc<AtomicUsize>,
+    mut active_rx: watch::Receiver<()>,
+) {
+    let mut slot = Slot::new();
+    let body_len = shared.template.body_len();
+    loop {
+        if shared.stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        if id >= active.load(Ordering::Relaxed) {
+            // Not needed at this stage: close the connection and wait for the level to change.
+            slot.close();
+            let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                changed = active_rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(until) => return,
+                _ = shared.stop.wait() => return,
+            }
+            continue;
+        }
+        if let Some(budget) = &budget
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return;
+        }
+        let sent = Instant::now();
+        let recorder = &shared.recorder;
+        let outcome = slot
+            .send(
+                &shared.connector,
+                &shared.template,
+                shared.plan.timeout,
+                || recorder.connection_opened(id),
+            )
+            .await;
+        let latency = sent.elapsed();
+        recorder.record(id, latency, latency, outcome, body_len);
+    }
+}
+
+/// How late a request may be sent (every connection busy at its intended time) before the
+/// pool of connections grows by one.
+const LATE: Duration = Duration::from_millis(2);
+
+/// Open model: requests due before the end of the run may still be sent this long after it
+/// (they are late, and their latency says so); those still waiting then count as unsent.
+const LATE_SEND_GRACE: Duration = Duration::from_secs(1);
+
+/// The open model's schedule: request `n` is due at a time fixed by the rate alone.
+struct Schedule {
+    rate: Load,
+    /// A constant rate: request `n` is due at exactly `n / rate` (no drift).
+    constant: Option<f64>,
+    /// End of the run in seconds, if it has one.
+    end: Option<f64>,
+    limit: Option<u64>,
+    /// The next request no worker has claimed yet.
+    next: AtomicU64,
+    /// Requests really sent.
+    sent: AtomicU64,
+}
+
+impl Schedule {
+    /// When request `n` is due (seconds from the start); `None` past the end of the run.
+    fn time_of(&self, n: u64) -> Option<f64> {
+        if self.limit.is_some_and(|l| n >= l) {
+            return None;
+        }
+        let t = match self.constant {
+            Some(r) => n as f64 / r,
+            None => self.rate.time_of(n)?,
+        };
+        (!self.end.is_some_and(|e| t >= e)).then_some(t)
+    }
+
+    /// Requests due in the first `t` seconds (within the limit).
+    fn due_before(&self, t: f64) -> u64 {
+        let t = self.end.map_or(t, |e| t.min(e));
+        let due = if t.is_finite() {
+            self.rate.integral(t).ceil() as u64
+        } else {
+            u64::MAX
+        };
+        self.limit.map_or(due, |l| due.min(l))
+    }
+}
+
+/// The open model: request `n` is due at its intended time, computed from the rate alone. Each
+/// idle connection worker claims the next request (so any free connection takes it), waits for
+/// its time, sends it and records its latency from the intended time. When a request is claimed
+/// late (every connection was busy when it was due), one more worker is started, up to
+/// `max_connections`. Requests still unsent when the run ends count as `unsent` errors.
+async fn open(
+    shared: Arc<Shared>,
+    rate: &Load,
+    max_connections: usize,
+    start: Instant,
+) -> (JoinSet<()>, (Arc<Schedule>, f64)) {
+    let plan = shared.plan.clone();
+    let schedule = Arc::new(Schedule {
+        rate: rate.clone(),
+        constant: match rate {
+            Load::Constant(r) => Some(*r),
+            Load::Stages { .. } => None,
+        },
+        end: plan.duration.map(|d| d.as_secs_f64()),
+        limit: plan.requests,
+        next: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    });
+    let deadline = plan.duration.map(|d| start + d);
+    let max = max_connections.max(1);
+    // Enough connections for 10ms answers at the peak rate; more are added when needed.
+    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
+    let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
+    let mut active = JoinSet::new();
+    let mut count = 0;
+    while count < initial {
+        active.spawn(open_worker(
+            count,
+            shared.clone(),
+            schedule.clone(),
+            start,
+            deadline,
+            grow_tx.clone(),
+        ));
+        count += 1;
+    }
+    loop {
+        tokio::select! {
+            _ = grow_rx.recv() => {
+                if count < max {
+                    active.spawn(open_worker(count, shared.clone(), schedule.clone(), start, deadline, grow_tx.clone()));
+                    count += 1;
+                }
+            }
+            done = active.join_next() => if done.is_none() { break },
+            _ = sleep_until_opt(deadline) => break,
+            _ = shared.stop.wait() => break,
+        }
+    }
+    // Requests due up to here (the end, or the stop) are counted once the workers are done.
+    let cutoff = if shared.stop.is_stopped() {
+        start.elapsed().as_secs_f64()
+    } else {
+        f64::INFINITY
+    };
+    (active, (schedule, cutoff))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn open_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    schedule: Arc<Schedule>,
+    start: Instant,
+    deadline: Option<Instant>,
+    grow: mpsc::Sender<()>,
+) {
+    let mut slot = Slot::new();
+    let body_len = shared.template.body_len();
+    let recorder = &shared.recorder;
+    loop {
+        if shared.stop.is_stopped() {
+            return;
+        }
+        let n = schedule.next.fetch_add(1, Ordering::Relaxed);
+        let Some(t) = schedule.time_of(n) else {
+            return;
+        };
+        let intended = start + Duration::from_secs_f64(t);
+        let now = Instant::now();
+        if intended > now {
+            tokio::select! {
+                _ = tokio::time::sleep_until(intended) => {}
+                _ = shared.stop.wait() => return,
+            }
+        } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
+            // Long past the end of the run: this request was never sent (counted as unsent).
+            return;
+        } else if now.saturating_duration_since(intended) > LATE {
+            // Every connection was busy when it was due: one more connection.
+            let _ = grow.try_send(());
+        }
+        schedule.sent.fetch_add(1, Ordering::SeqCst);
+        let sent = Instant::now();
+        let outcome = slot
+            .send(
+                &shared.connector,
+                &shared.template,
+                shared.plan.timeout,
+                || recorder.connection_opened(id),
+            )
+            .await;
+        let done = Instant::now();
+        recorder.record(
+            id,
+            done.saturating_duration_since(intended),
+            done.saturating_duration_since(sent),
+            outcome,
+            body_len,
+        );
+    }
+}

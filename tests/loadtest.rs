@@ -1,0 +1,459 @@
+//! `levee loadtest`: the load models, honest latency, source addresses, scenarios, thresholds and
+//! reports, against in-process simulated backends and through the real binary. Every run is a
+//! few seconds of bounded load on loopback.
+
+mod common;
+
+use common::*;
+use levee::backend::BackendOptions;
+use levee::loadtest::{self, LoadtestArgs, results::ScenarioResult};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_levee");
+
+fn args(url: &str) -> LoadtestArgs {
+    LoadtestArgs {
+        url: Some(url.to_owned()),
+        method: "GET".into(),
+        timeout: Duration::from_secs(5),
+        quiet: true,
+        ..Default::default()
+    }
+}
+
+/// Runs the load test in-process and returns its only scenario's results.
+async fn run_one(a: LoadtestArgs) -> ScenarioResult {
+    let plans = loadtest::plans_of(&a).unwrap_or_else(|e| panic!("bad args: {e}"));
+    let mut outcome = bounded(Duration::from_secs(30), loadtest::execute(plans, 2, false)).await;
+    assert_eq!(outcome.results.len(), 1);
+    outcome.results.remove(0)
+}
+
+/// Runs the real binary (blocking, in a thread) and returns (exit code, stdout, stderr).
+async fn bin(args: Vec<String>) -> (i32, String, String) {
+    let out = bounded(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || std::process::Command::new(BIN).args(&args).output()),
+    )
+    .await
+    .expect("join")
+    .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "levee-loadtest-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_model_counts_add_up_with_the_server() {
+    let b = fast_backend().await;
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.requests = Some(300);
+    a.connections = Some(4);
+    let r = run_one(a).await;
+    assert_eq!(r.model, "closed");
+    assert_eq!(r.requests, 300);
+    assert_eq!(r.status(200), 300);
+    assert_eq!(r.error_total(), 0);
+    assert_eq!(r.success_rate, 100.0);
+    assert_eq!(
+        r.connections_opened, 4,
+        "keep-alive: one connection per worker"
+    );
+    assert_eq!(
+        b.stats().served,
+        300,
+        "the server saw exactly what was counted"
+    );
+    let timeline: u64 = r.timeline.iter().map(|p| p.requests).sum();
+    assert_eq!(timeline, 300, "the timeline adds up");
+    let histogram: u64 = r.histogram.iter().map(|b| b.count).sum();
+    assert_eq!(histogram, 300, "the histogram holds every response");
+    assert!(r.bytes_received > 0);
+    assert!(r.latency.p50_ms > 0.0 && r.latency.p50_ms <= r.latency.max_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_sends_at_the_intended_rate_and_no_keepalive_opens_a_connection_per_request() {
+    let b = fast_backend().await;
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.rate = Some(200.0);
+    a.duration = Some(Duration::from_secs(2));
+    a.no_keepalive = true;
+    let r = run_one(a).await;
+    assert_eq!(r.model, "open");
+    // Intended times 0, 5ms, 10ms... below 2s: exactly 400.
+    assert_eq!(r.requests, 400);
+    assert_eq!(r.status(200), 400);
+    assert_eq!(r.connections_opened, 400);
+    assert_eq!(b.stats().connections, 400);
+    assert!((170.0..=210.0).contains(&r.rps), "rps {}", r.rps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_stages_ramp_the_rate() {
+    let b = fast_backend().await;
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.model = Some("open".into());
+    a.stages = Some("1s:100,1s:100".into());
+    let r = run_one(a).await;
+    // 0 -> 100/s over 1s (about 50), then 100/s for 1s (100).
+    assert!((135..=165).contains(&r.requests), "{}", r.requests);
+    assert_eq!(r.config.stages.as_deref(), Some("1s:100,1s:100"));
+
+    // Closed model: the stages set the number of connections (up to 4, then back to 0).
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.stages = Some("500ms:4,500ms:4,500ms:0".into());
+    let r = run_one(a).await;
+    assert_eq!(r.model, "closed");
+    assert_eq!(r.connections_opened, 4);
+    assert!(b.stats().max_in_flight <= 4, "{:?}", b.stats());
+    assert!(r.requests > 0 && r.error_total() == 0, "{:?}", r.errors);
+    assert!((1.4..2.5).contains(&r.duration_s), "{}", r.duration_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
+    let b = backend(BackendOptions {
+        capacity: 1000,
+        latency: Duration::from_millis(1),
+        ..Default::default()
+    })
+    .await;
+    let mut a = args(&format!("http://{}/", b.addr()));
+    a.rate = Some(250.0);
+    a.connections = Some(2);
+    a.duration = Some(Duration::from_secs(5));
+    let plans = loadtest::plans_of(&a).expect("plan");
+    let run = tokio::spawn(loadtest::execute(plans, 2, false));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.set_latency(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.set_latency(Duration::from_millis(1));
+    let mut outcome = bounded(Duration::from_secs(30), run).await.expect("join");
+    let r = outcome.results.remove(0);
+    assert_eq!(r.error_total(), 0);
+    assert!(
+        r.latency.p99_ms >= 500.0,
+        "corrected p99 must show the 1s stall: {:?}",
+        r.latency
+    );
+    assert!(
+        r.latency_uncorrected.p99_ms < 250.0,
+        "uncorrected p99 hides it (only the requests in flight saw it): {:?}",
+        r.latency_uncorrected
+    );
+    assert!(
+        r.latency_uncorrected.max_ms >= 700.0,
+        "{:?}",
+        r.latency_uncorrected
+    );
+}
+
+/// A minimal HTTP server that records the peer address of every connection and answers
+/// `200 ok` with `Connection: close`.
+async fn peer_recorder() -> (std::net::SocketAddr, Arc<Mutex<Vec<IpAddr>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            seen.lock().expect("lock").push(peer.ip());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_come_from_every_address_of_the_source_range() {
+    let (addr, peers) = peer_recorder().await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.requests = Some(24);
+    a.connections = Some(2);
+    a.no_keepalive = true;
+    a.source_ips = Some("127.10.0.0/29".into());
+    let r = run_one(a).await;
+    assert_eq!(r.status(200), 24, "{:?}", r.errors);
+    let peers = peers.lock().expect("lock").clone();
+    assert_eq!(peers.len(), 24);
+    let distinct: HashSet<IpAddr> = peers.iter().copied().collect();
+    let expected: HashSet<IpAddr> = (1..=6)
+        .map(|i| format!("127.10.0.{i}").parse().expect("ip"))
+        .collect();
+    assert_eq!(
+        distinct, expected,
+        "the 6 usable addresses of the /29, each used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_counts_requests_never_sent_when_every_connection_stays_busy() {
+    let b = fast_backend().await;
+    let mut a = args(&format!("http://{}/?sleep=3s", b.addr()));
+    a.rate = Some(50.0);
+    a.connections = Some(1);
+    a.duration = Some(Duration::from_secs(1));
+    let r = run_one(a).await;
+    // The first request holds the only connection for 3s; the 49 others due within the 1s run
+    // could not be sent before the end (+1s of grace): they are failures, not silently dropped.
+    assert_eq!(r.requests, 50, "{:?}", r.errors);
+    assert_eq!(r.status(200), 1);
+    assert_eq!(r.errors.get("unsent"), Some(&49), "{:?}", r.errors);
+    assert!((r.success_rate - 2.0).abs() < 1e-9, "{}", r.success_rate);
+    assert!(
+        r.duration_s < 4.0,
+        "the run ends after the one request in flight: {}",
+        r.duration_s
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_refused_connections_are_errors_by_kind() {
+    let b = fast_backend().await;
+    let mut a = args(&format!("http://{}/?sleep=2s", b.addr()));
+    a.requests = Some(4);
+    a.connections = Some(2);
+    a.timeout = Duration::from_millis(200);
+    let r = run_one(a).await;
+    assert_eq!(r.errors.get("timeout"), Some(&4), "{:?}", r.errors);
+    assert_eq!(r.success_rate, 0.0);
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut a = args(&format!("http://127.0.0.1:{port}/"));
+    a.requests = Some(3);
+    a.connections = Some(1);
+    let r = run_one(a).await;
+    assert_eq!(r.errors.get("connect"), Some(&3), "{:?}", r.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_decide_the_exit_code_and_expected_statuses_count_as_success() {
+    let b = fast_backend().await;
+    let url = format!("http://{}/?status=429", b.addr());
+    let base = [
+        "loadtest",
+        &url,
+        "-n",
+        "50",
+        "-c",
+        "2",
+        "--expect-status",
+        "429,503",
+    ];
+    let mut pass = strings(&base);
+    pass.extend(strings(&[
+        "--threshold",
+        "success_rate > 99.5%",
+        "--threshold",
+        "status_429 > 0",
+        "--threshold",
+        "p99 < 5s",
+    ]));
+    let (code, out, err) = bin(pass).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("PASS success_rate > 99.5% (observed 100.00%)"),
+        "{out}"
+    );
+    assert!(out.contains("PASS status_429 > 0 (observed 50)"), "{out}");
+    assert!(out.contains("statuses      429: 50"), "{out}");
+    assert!(out.contains("thresholds: 3 passed, 0 failed"), "{out}");
+
+    let mut fail = strings(&base[..6]);
+    fail.extend(strings(&[
+        "--threshold",
+        "success_rate > 99.5%",
+        "--threshold",
+        "rps > 1000000",
+    ]));
+    let (code, out, _) = bin(fail).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL success_rate > 99.5% (observed 0.00%)"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL rps > 1000000 (observed"), "{out}");
+    assert!(out.contains("0 passed, 2 failed -> exit 1"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_2_with_a_message() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["loadtest", "http://127.0.0.1:9/", "--threshold", "p99 <"],
+            "bad threshold",
+        ),
+        (vec!["loadtest", "https://127.0.0.1:9/"], "only http://"),
+        (
+            vec!["loadtest", "http://127.0.0.1:9/", "--stages", "30s"],
+            "bad stage",
+        ),
+        (
+            vec!["loadtest", "http://127.0.0.1:9/", "--source-ips", "nowhere"],
+            "bad source",
+        ),
+        (
+            vec![
+                "loadtest",
+                "http://127.0.0.1:9/",
+                "--body",
+                "@/nonexistent/levee",
+            ],
+            "cannot read",
+        ),
+        (
+            vec!["loadtest", "--scenario", "/nonexistent/levee.toml"],
+            "cannot read",
+        ),
+        (vec!["loadtest"], "required"),
+        (
+            vec!["loadtest", "http://127.0.0.1:9/", "--rate=0"],
+            "rate must be above 0",
+        ),
+    ];
+    for (a, needle) in cases {
+        let (code, out, err) = bin(strings(&a)).await;
+        assert_eq!(code, 2, "{a:?}\n{out}\n{err}");
+        assert!(err.contains(needle), "{a:?}: {err}");
+    }
+    let dir = tempdir("bad");
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        "url = \"http://127.0.0.1:9/\"\n[scenarios.a]\nrate = 5\nburst = 3\n",
+    )
+    .expect("write");
+    let (code, _, err) = bin(strings(&[
+        "loadtest",
+        "--scenario",
+        &file.display().to_string(),
+    ]))
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("s.toml:4:1:") && err.contains("unknown field `burst`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_file_runs_legit_flood_and_slowloris_at_once() {
+    let b = fast_backend().await;
+    let l = levee(&config_full(&[b.addr()], "", "").replace(
+        "[listener]\nbind = \"127.0.0.1:0\"\n",
+        "[listener]\nbind = \"127.0.0.1:0\"\nclient_header_timeout = \"500ms\"\n",
+    ))
+    .await;
+    let text = format!(
+        r#"
+url = "http://{levee}/"
+duration = "3s"
+
+[scenarios.legit]
+rate = 50
+source_ips = "127.30.0.0/24"
+source_ip_count = 5
+thresholds = ["success_rate > 99%", "p99 < 2s"]
+
+[scenarios.flood]
+connections = 4
+start = "1s"
+duration = "1s"
+url = "http://{backend}/"
+expect_status = [429, 503]
+thresholds = ["requests > 10", "status_5xx == 0"]
+
+[scenarios.slowloris]
+kind = "slowloris"
+connections = 3
+byte_interval = "50ms"
+"#,
+        levee = l.addr,
+        backend = b.addr()
+    );
+    let plans = loadtest::scenario::parse(&text, "s.toml", None).unwrap_or_else(|e| panic!("{e}"));
+    let outcome = bounded(Duration::from_secs(30), loadtest::execute(plans, 2, false)).await;
+    let by_name = |n: &str| {
+        outcome
+            .results
+            .iter()
+            .find(|r| r.name == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    let legit = by_name("legit");
+    assert_eq!(legit.model, "open");
+    assert_eq!(legit.requests, 150, "50/s for 3s");
+    assert!(legit.passed(), "{:?}", legit.thresholds);
+    assert_eq!(legit.config.source_ip_count, Some(5));
+    let flood = by_name("flood");
+    assert_eq!(flood.model, "closed");
+    assert!(
+        (0.9..1.5).contains(&flood.started_at_s),
+        "{}",
+        flood.started_at_s
+    );
+    assert!(flood.duration_s < 1.6, "{}", flood.duration_s);
+    assert!(flood.passed(), "{:?}", flood.thresholds);
+    let slow = by_name("slowloris");
+    assert_eq!(slow.model, "slowloris");
+    // levee closes a connection whose head does not arrive within 500ms; slowloris reopens.
+    assert!(slow.requests >= 6, "{slow:?}");
+    assert!(slow.connections_opened >= 9, "{}", slow.connections_opened);
+    assert!(
+        slow.latency.max_ms < 1500.0 && slow.latency.min_ms >= 400.0,
+        "{:?}",
+        slow.latency
+    );
+    assert!(slow.bytes_sent > 0);
+    assert!(outcome.results.iter().all(|r| r.passed()));
+}
+
+#[test]
+fn the_example_scenario_file_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/loadtest.toml");
+    let plans = loadtest::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = plans.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["legit", "flood", "slowloris"]);
+}
