@@ -22,6 +22,10 @@
 #   ATTACK_WRITE=1        append to bench/RESULTS.md (0: print only)
 #   ATTACK_PIN=1          0: no taskset. Default: proxy + backends on CPU 0, generator on CPU 1
 #   ATTACK_WAIT_IDLE=0    N: before each target wait up to N s for the machine to be <= 10% busy
+#   ATTACK_NICE=-10       nice value of every process of the benchmark (proxy, backends, generator),
+#                         so that other work on a shared machine (a compiler) does not starve the
+#                         generator or the proxy during the ~2 minutes of the run; 0: unchanged.
+#                         Negative values need root; without it the script runs at 0 and says so.
 #   LEVEE_BIN=target/release/levee
 #   KEEP_TMP=1            keep the temp directory (configs, logs, raw JSON)
 set -euo pipefail
@@ -41,6 +45,7 @@ LEGIT_RATE=${ATTACK_LEGIT_RATE:-2}
 WRITE=${ATTACK_WRITE:-1}
 PIN=${ATTACK_PIN:-1}
 WAIT_IDLE=${ATTACK_WAIT_IDLE:-0}
+NICE=${ATTACK_NICE:--10}
 LEVEE_BIN=${LEVEE_BIN:-target/release/levee}
 [[ $LEVEE_BIN == /* ]] || LEVEE_BIN="$ROOT/$LEVEE_BIN"
 
@@ -51,7 +56,7 @@ BURST=3
 CONN_LIMIT=16       # per-source open connections
 QUEUE_TIMEOUT=1     # s: longest wait for a free server (levee queue_timeout, HAProxy timeout queue)
 QUEUE_SIZE=64       # levee queue_size (HAProxy: maxqueue 22 per server ~ 64 in all; nginx OSS has no queue)
-MAX_CONNS=10000     # client connections per proxy
+MAX_CONNS=9000      # client connections per proxy (HAProxy needs ~2 descriptors per connection; hard limit here 20000)
 
 BACKENDS=(127.0.0.1:18201 127.0.0.1:18202 127.0.0.1:18203)
 PROXY_ADDR=127.0.0.1:18210
@@ -86,6 +91,9 @@ fi
 
 # Descriptors: ~8,000 flood connections plus the proxies' upstream sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# The binary as it is when the run starts (a shared target/ may be rebuilt meanwhile).
+LEVEE_VER=$({ "$LEVEE_BIN" --version 2>/dev/null || true; } | awk 'NR == 1 { print $NF }')
+LEVEE_VER="${LEVEE_VER:-?} (binary built $(date -u -r "$LEVEE_BIN" '+%Y-%m-%d %H:%M UTC'); tree at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
 (( $(ulimit -n) >= 12000 )) || log "warning: ulimit -n is $(ulimit -n); the flood needs ~9000 descriptors"
 
 NCPU=$(nproc)
@@ -94,6 +102,13 @@ if [[ $PIN == 1 ]] && (( NCPU >= 2 )) && command -v taskset >/dev/null; then
     PINNING="taskset: proxy under test and the 3 backends on CPU 0, the generator on CPU 1"
 else
     PIN_SERVER=(); PIN_CLIENT=(); PINNING="none (ATTACK_PIN=$PIN, nproc=$NCPU)"
+fi
+if [[ $NICE != 0 ]] && ! nice -n "$NICE" true 2>/dev/null; then
+    log "warning: cannot run at nice $NICE (not root?); using 0"; NICE=0
+fi
+if [[ $NICE != 0 ]]; then
+    PIN_SERVER=(nice -n "$NICE" "${PIN_SERVER[@]}"); PIN_CLIENT=(nice -n "$NICE" "${PIN_CLIENT[@]}")
+    PINNING+="; every process of the benchmark at nice $NICE"
 fi
 
 # ---------------------------------------------------------------- processes
@@ -186,7 +201,7 @@ EOF
 cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn $((MAX_CONNS * 2))
+    maxconn $MAX_CONNS
 
 defaults
     mode http
@@ -335,11 +350,20 @@ lv = rs.get("levee")
 peers = [r for k, r in rs.items() if k != "levee"]
 if lv is None or not peers:
     print("- target check: needs levee and at least one peer"); sys.exit()
-best = min(r["legit"]["p99_ms"] for r in peers)
-p99 = lv["legit"]["p99_ms"]; sr = lv["legit"]["success_rate"]
-ok = p99 <= best / 2 and sr >= 0.999
-print(f"- target (levee legit p99 <= half the best peer's, success >= 99.9%): {'MET' if ok else 'NOT MET'}: "
-      f"levee p99 {p99:.1f} ms vs best peer {best:.1f} ms (ratio {p99 / best:.2f}), success {sr * 100:.2f}%")
+inf = float("inf")
+def p99(r, failures_inf):
+    v = r["legit"]["p99_failures_inf_ms"] if failures_inf else r["legit"]["p99_ms"]
+    return inf if v is None else v
+sr = lv["legit"]["success_rate"]
+for failures_inf, what in ((False, "p99 over all attempts (a failure counts at the time it took)"),
+                           (True, "p99 where a failed request counts as never served")):
+    best = min(p99(r, failures_inf) for r in peers)
+    mine = p99(lv, failures_inf)
+    ok = mine <= best / 2 and sr >= 0.999
+    ratio = "n/a" if best == inf else f"{mine / best:.2f}"
+    print(f"- target (levee legit p99 <= half the best peer's, success >= 99.9%), {what}: "
+          f"{'MET' if ok else 'NOT MET'}: levee {mine:.1f} ms vs best peer {best:.1f} ms (ratio {ratio}), "
+          f"levee success {sr * 100:.2f}%")
 EOF
 )
 echo
@@ -350,11 +374,9 @@ echo "$VERDICT"
 if [[ $WRITE == 1 ]]; then
     NGINX_VER=$("$NGINX" -v 2>&1 | sed 's/^nginx version: nginx\///')
     HAPROXY_VER=$("$HAPROXY" -v 2>&1 | awk 'NR == 1 { print $3 }')
-    LEVEE_VER=$({ "$LEVEE_BIN" --version 2>/dev/null || true; } | awk 'NR == 1 { print $NF }')
-    LEVEE_VER="${LEVEE_VER:-?} (binary built $(date -u -r "$LEVEE_BIN" '+%Y-%m-%d %H:%M UTC'); tree at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
     CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
     ENV_PREFIX=""
-    for v in ATTACK_TARGETS ATTACK_TOTAL ATTACK_FLOOD_START ATTACK_FLOOD_DURATION ATTACK_FLOOD_SOURCES \
+    for v in ATTACK_NICE ATTACK_TARGETS ATTACK_TOTAL ATTACK_FLOOD_START ATTACK_FLOOD_DURATION ATTACK_FLOOD_SOURCES \
              ATTACK_FLOOD_RATE ATTACK_LEGIT ATTACK_LEGIT_RATE ATTACK_PIN ATTACK_WAIT_IDLE LEVEE_BIN; do
         [[ -z ${!v:-} ]] || ENV_PREFIX+="$v=${!v} "
     done
@@ -390,6 +412,8 @@ if [[ $WRITE == 1 ]]; then
         echo "  (\"never\" if the last bins do not). 503s (shedding) and timeouts do not count as blocked."
         echo "- CPU: utime+stime of the proxy (nginx: master + worker) from /proc/PID/stat, every 0.5 s; RSS: VmRSS summed the same way."
         echo "  \"other processes\": CPU used during the run by processes other than the proxy, the backends and the generator, in % of the whole machine."
+        echo "  \"proxy waiting for a CPU\": run-queue wait of the proxy's threads (/proc/PID/task/*/schedstat) during the flood, in % of its"
+        echo "  wall time; more than a few % means the proxy was starved by other work on the machine and its latencies are skewed."
         echo
         echo "$TABLE"
         echo

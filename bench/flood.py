@@ -8,10 +8,12 @@ so one process plays thousands of distinct clients.
   flood.py attack --target HOST:PORT --out FILE.json [options]
       50 legitimate clients (127.30.0.x) at 2 requests/s each on keep-alive connections,
       waiting for each answer (closed loop, latency recorded per request), running the
-      whole time; a flood from 1,000 sources (127.20.x.y) at 5.5 requests/s each, open
+      whole time in a forked process of their own (so the flood's work never delays them);
+      a flood from 1,000 sources (127.20.x.y) at 5.5 requests/s each, open
       model (fired on schedule whether or not earlier requests were answered; a source
       opens another connection when all of its connections are busy, up to --flood-conns),
-      from --flood-start for --flood-duration seconds. Samples CPU and RSS of --pids.
+      from --flood-start for --flood-duration seconds, on raw non-blocking sockets driven by
+      the event loop's selector (no task per request). Samples CPU and RSS of --pids.
       Writes every number the table needs to FILE.json.
 
   flood.py table A.json B.json ...
@@ -26,6 +28,7 @@ so one process plays thousands of distinct clients.
 import argparse
 import asyncio
 import errno
+import gc
 import ipaddress
 import json
 import os
@@ -374,6 +377,21 @@ def proc_ticks_rss(pid):
         return None
 
 
+def proc_runq_wait_ns(pid):
+    """Time the process's threads spent runnable but waiting for a CPU (schedstat), in ns."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        pass
+    return total
+
+
 def machine_busy_total():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
@@ -400,19 +418,20 @@ class Sampler:
         return out
 
     def sample(self, t):
-        pt = pr = ot = 0
+        pt = pr = ot = rq = 0
         for p in self.expand(self.proxy_pids):
             r = proc_ticks_rss(p)
             if r is None:
                 continue
             pt += r[0]
             pr += r[1]
+            rq += proc_runq_wait_ns(p)
         for p in self.expand(self.own_pids):
             r = proc_ticks_rss(p)
             if r is not None:
                 ot += r[0]
         mb, mt = machine_busy_total()
-        self.samples.append((t, pt, pr, ot, mb, mt))
+        self.samples.append((t, pt, pr, ot, mb, mt, rq))
 
     async def run(self, t0, stop):
         loop = asyncio.get_running_loop()
@@ -427,12 +446,15 @@ class Sampler:
 
 # --------------------------------------------------------------- attack mode
 
-async def attack(a):
+async def attack(a, t0, role, legit_pid=0):
+    """role "legit": the legitimate clients only (a process of their own, so that the
+    flood's work never delays their requests or their clocks); returns their results.
+    role "flood": the flood and the resource sampler. t0: time.monotonic() of the start,
+    the same clock in both processes (CLOCK_MONOTONIC)."""
     loop = asyncio.get_running_loop()
     host, port = a.target.rsplit(":", 1)
     port = int(port)
     req = request_bytes()
-    t0 = loop.time()
     flood_start = t0 + a.flood_start
     flood_end = flood_start + a.flood_duration
     end = t0 + a.total
@@ -542,17 +564,20 @@ async def attack(a):
                     k += 1
             await asyncio.sleep(0.002)
 
+    if role == "legit":
+        await asyncio.gather(*[loop.create_task(legit_client(i)) for i in range(a.legit)])
+        return legit
     stop = asyncio.Event()
-    sampler = Sampler(a.pids, a.own_pids + [os.getpid()])
+    sampler = Sampler(a.pids, a.own_pids + [os.getpid(), legit_pid])
     samp_task = loop.create_task(sampler.run(t0, stop))
     sweeper = loop.create_task(pending.sweep(loop, stop))
-    tasks = [loop.create_task(legit_client(i)) for i in range(a.legit)]
-    tasks.append(loop.create_task(flood()))
-    await asyncio.gather(*tasks)
-    # Let the last flood requests finish (answer or time out).
+    await loop.create_task(flood())
+    # Let the last flood requests finish (answer or time out), and the run end.
     wait_until = loop.time() + a.timeout + 1
     while any(o is None for o in f_out[-5000:]) and loop.time() < wait_until:
         await asyncio.sleep(0.1)
+    if loop.time() < end:
+        await asyncio.sleep(end - loop.time())
     stop.set()
     await samp_task
     await sweeper
@@ -560,7 +585,34 @@ async def attack(a):
         for c in q:
             c.close(abortive=True)
 
-    # ---- numbers
+    return f_time, f_out, lag, sampler
+
+
+def attack_main(a):
+    """Forks the legitimate clients into a process of their own, runs the flood here."""
+    gc.disable()  # no collector pauses in the middle of the run
+    t0 = time.monotonic() + 0.3
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        try:
+            legit = asyncio.run(attack(a, t0, "legit"))
+            data = json.dumps(legit).encode()
+            with os.fdopen(wfd, "wb") as w:
+                w.write(data)
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    f_time, f_out, lag, sampler = asyncio.run(attack(a, t0, "flood", pid))
+    with os.fdopen(rfd, "rb") as r:
+        legit = [tuple(x) for x in json.loads(r.read() or b"[]")]
+    os.waitpid(pid, 0)
+    report(a, legit, f_time, f_out, lag, sampler)
+
+
+def report(a, legit, f_time, f_out, lag, sampler):
+    n_src = a.flood_sources
     res = {"label": a.label, "target": a.target, "params": {
         "legit": a.legit, "legit_rate": a.legit_rate, "flood_sources": n_src,
         "flood_rate": a.flood_rate, "flood_start": a.flood_start,
@@ -588,8 +640,18 @@ async def attack(a):
         "p99_ms": pct(lat_all, 99) * 1000 if lat_all else None,
         "max_ms": lat_all[-1] * 1000 if lat_all else None,
         "ok_p99_ms": pct(lat_ok, 99) * 1000 if lat_ok else None,
+        # p99 when a failed request counts as never served (infinitely slow): None (infinite)
+        # when more than 1% failed.
+        "p99_failures_inf_ms": (pct(sorted([x[1] for x in legit if x[2] == 200]
+                                           + [float("inf")] * (len(legit) - ok)), 99) * 1000)
+                               if legit else None,
         "during_flood_p99_ms": (pct(sorted(x[1] for x in during), 99) * 1000) if during else None,
         "outcomes": outcomes,
+        # per second of the run: [requests, failures, max latency ms]
+        "by_second": [[sum(1 for x in legit if int(x[0]) == sec),
+                       sum(1 for x in legit if int(x[0]) == sec and x[2] != 200),
+                       round(max([x[1] for x in legit if int(x[0]) == sec] or [0]) * 1000)]
+                      for sec in range(int(a.total) + 1)],
     }
     fo = {}
     for o in f_out:
@@ -667,7 +729,14 @@ async def attack(a):
             "proxy_rss_end_kb": s[-1][2],
             "machine_busy_pct": mb / mt * 100 if mt else None,
             "other_processes_pct": max(0.0, (mb - own) / mt * 100) if mt else None,
+            # time the proxy's threads were ready to run but waiting for a CPU, in % of the
+            # flood's wall time: high values mean the proxy was starved by other processes
+            "proxy_runq_wait_flood_pct": ((fw[-1][6] - fw[0][6]) / 1e9 / (fw[-1][0] - fw[0][0]) * 100)
+                                         if fw and fw[-1][0] > fw[0][0] else None,
         }
+    # [t, proxy ticks, proxy RSS kB, benchmark ticks, machine busy, machine total,
+    #  proxy run-queue wait ms]
+    cpu["samples"] = [[round(x[0], 2), x[1], x[2], x[3], x[4], x[5], x[6] // 1_000_000] for x in s]
     res["resources"] = cpu
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
@@ -694,6 +763,7 @@ def table(files):
         ("legit p50 (all requests)", lambda r: fmt(r["legit"]["p50_ms"], ".1f", " ms")),
         ("legit p99 (all requests)", lambda r: fmt(r["legit"]["p99_ms"], ".1f", " ms")),
         ("legit p99 (successful only)", lambda r: fmt(r["legit"]["ok_p99_ms"], ".1f", " ms")),
+        ("legit p99 (a failure counts as never served)", lambda r: "∞ (over 1% failed)" if r["legit"]["p99_failures_inf_ms"] in (None, float("inf")) else fmt(r["legit"]["p99_failures_inf_ms"], ".1f", " ms")),
         ("legit failures", lambda r: ", ".join(f"{k}: {v}" for k, v in sorted(r["legit"]["outcomes"].items()) if k != "200") or "none"),
         ("backend max in flight (cap 8)", lambda r: "/".join(str(b.get("max_in_flight", "?")) for b in r.get("backends", []))),
         ("backend crashes", lambda r: "/".join(str(b.get("crashes", "?")) for b in r.get("backends", []))),
@@ -708,6 +778,7 @@ def table(files):
         ("proxy RSS before / peak", lambda r: fmt(r["resources"].get("proxy_rss_before_kb", 0) / 1024, ".1f", " MB")
          + " / " + fmt(r["resources"].get("proxy_rss_peak_kb", 0) / 1024, ".1f", " MB")),
         ("other processes (of all CPUs)", lambda r: fmt(r["resources"].get("other_processes_pct"), ".0f", "%")),
+        ("proxy waiting for a CPU during the flood (schedstat)", lambda r: fmt(r["resources"].get("proxy_runq_wait_flood_pct"), ".0f", "% of the time")),
     ]
     print("| | " + " | ".join(r["label"] for r in rs) + " |")
     print("|---|" + "---|" * len(rs))
@@ -831,7 +902,7 @@ def main():
     if a.cmd == "table":
         table(a.files)
     elif a.cmd == "attack":
-        asyncio.run(attack(a))
+        attack_main(a)
     else:
         asyncio.run(memory(a))
 

@@ -109,7 +109,11 @@ pub struct ProbeArgs {
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The drill and the load generator have their own live view: only warnings go to stderr.
+    init_tracing(match &cli.command {
+        Command::Drill(_) | Command::Loadtest(_) => "warn",
+        _ => "info",
+    });
     let threads = match &cli.command {
         Command::Serve(a) => a.threads,
         _ => None,
@@ -135,9 +139,9 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use traffic::{FloodStats, LegitStats};
 
 /// Arguments of `levee drill`.
@@ -59,9 +59,10 @@ pub const SERVER_CAPACITY: u32 = 8;
 const SERVER_LATENCY_MS: u64 = 150;
 const SERVER_CRASH_ABOVE: u32 = 12;
 
-fn config_text(servers: &[SocketAddr], unprotected: bool) -> String {
+fn config_text(servers: &[SocketAddr], unprotected: bool, journal: &std::path::Path) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     let list = list.join(", ");
+    let journal = format!("[journal]\npath = {:?}\n", journal.display().to_string());
     if unprotected {
         return format!(
             r#"# The misconfigured load balancer of the outage: no real cap, no shield, retries without a budget.
@@ -71,6 +72,7 @@ bind = "127.0.0.1:0"
 bind = "127.0.0.1:0"
 [access_log]
 enabled = false
+{journal}
 [shield]
 enabled = false
 [pools.web]
@@ -95,6 +97,7 @@ bind = "127.0.0.1:0"
 bind = "127.0.0.1:0"
 [access_log]
 enabled = false
+{journal}
 [shield]
 rate = 3                   # the drill's users send 2 requests/s
 burst = 3
@@ -209,7 +212,12 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, DrillError> {
     let addrs: Vec<SocketAddr> = sims.iter().map(SimServer::addr).collect();
     let capacity_rps = 3.0 * f64::from(SERVER_CAPACITY) / (SERVER_LATENCY_MS as f64 / 1000.0);
     let cfg_path = a.out.join("levee.toml");
-    let good = config_text(&addrs, a.unprotected);
+    let out_abs = std::fs::canonicalize(&a.out).map_err(|e| DrillError::Out(a.out.clone(), e))?;
+    let journal = out_abs.join("journal.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(out_abs.join(format!("journal.db{suffix}")));
+    }
+    let good = config_text(&addrs, a.unprotected, &journal);
     std::fs::write(&cfg_path, &good).map_err(|e| DrillError::Out(cfg_path.clone(), e))?;
     let cfg = Config::load(&cfg_path).map_err(|e| DrillError::Config(e.to_string()))?;
     let levee = crate::proxy::Levee::start(cfg)
@@ -399,16 +407,18 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, DrillError> {
         dangerous_reload,
         alerts,
     );
-    report::write_all(&a.out, &v, &seconds, &events, &levee)
-        .map_err(|e| DrillError::Out(a.out.clone(), e))?;
+    let _ = levee.shutdown().await;
+    // The journal's writer commits at least every 250 ms; give it the last events.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let journal_draft = tokio::task::spawn_blocking(move || crate::journal::postmortem(&journal, None, crate::journal::Format::Markdown)).await.ok().and_then(Result::ok);
+    report::write_all(&a.out, &v, &seconds, &events, journal_draft.as_deref()).map_err(|e| DrillError::Out(a.out.clone(), e))?;
     eprintln!("\n{}", report::verdict_table(&v));
     eprintln!(
-        "written to {}: verdict.md, verdict.json, timeline.jsonl, postmortem.md, report.html",
-        a.out.display()
+        "written to {}: verdict.md, verdict.json, timeline.jsonl, postmortem.md ({}), report.html, journal.db",
+        a.out.display(),
+        if journal_draft.is_some() { "the incident's draft from the journal, then the drill's account" } else { "no incident in the journal: the drill's account" }
     );
-    let _ = levee.shutdown().await;
     drop(sims);
-    let _ = SystemTime::now();
     Ok(if v.passed {
         ExitCode::SUCCESS
     } else {

@@ -300,7 +300,7 @@ pub fn write_all(
     v: &Verdict,
     seconds: &[Second],
     events: &[TimedEvent],
-    _levee: &crate::proxy::Levee,
+    journal_draft: Option<&str>,
 ) -> std::io::Result<()> {
     std::fs::write(
         out.join("verdict.md"),
@@ -321,7 +321,15 @@ pub fn write_all(
         jl.push('\n');
     }
     std::fs::write(out.join("timeline.jsonl"), jl)?;
-    std::fs::write(out.join("postmortem.md"), postmortem(v, seconds, events))?;
+    // The incident's draft from the journal (as `levee postmortem` writes it), followed by the
+    // drill's own account; only the latter when no alert opened an incident.
+    let mut pm = String::new();
+    if let Some(d) = journal_draft {
+        pm.push_str(d);
+        pm.push_str("\n\n---\n\n");
+    }
+    pm.push_str(&postmortem(v, seconds, events));
+    std::fs::write(out.join("postmortem.md"), pm)?;
     std::fs::write(out.join("report.html"), html(v, seconds, events))?;
     Ok(())
 }

@@ -146,6 +146,8 @@ pub struct DetectSettings {
 struct State {
     baseline: f64,
     warmed: bool,
+    /// Seconds of normal traffic seen (the baseline is a plain mean until there are enough).
+    samples: u64,
     above_secs: u64,
     below_secs: u64,
     last_total: u64,
@@ -284,7 +286,9 @@ impl Detector {
                 } else {
                     st.above_secs = 0;
                     // Learn the baseline only from normal traffic.
-                    let alpha = 1.0 / s.baseline_secs.max(1) as f64;
+                    // A plain running mean until a full window has been seen, then an EWMA.
+                    st.samples += 1;
+                    let alpha = (1.0 / st.samples as f64).max(1.0 / s.baseline_secs.max(1) as f64);
                     st.baseline = if st.warmed {
                         st.baseline + alpha * (rps - st.baseline)
                     } else {
