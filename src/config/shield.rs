@@ -56,7 +56,7 @@ pub struct RawShield {
     /// reading (slow-read attack): the connection is closed. Default `30s`.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
-    /// Clients whose state is tracked at once. Default `1000000` (about 100 MB at most).
+    /// Clients whose state is tracked at once. Default `1000000` (about 130 MB at most).
     #[serde(default = "default_tracked")]
     pub max_tracked_clients: u64,
     /// Never limited nor banned (CIDRs or addresses). Default none.
@@ -76,7 +76,7 @@ pub struct RawShield {
     /// Attack detection (IDS).
     #[serde(default)]
     pub attack: RawAttack,
-    /// Per-route rate limits, e.g. `/login` at 5/s.
+    /// Per-route rate limits, e.g. `/login` at 5/s (at most 2).
     #[serde(default)]
     pub routes: Vec<RawRouteLimit>,
 }
@@ -527,6 +527,9 @@ pub fn validate(r: &RawShield, text: &str, base: Option<&Path>) -> Result<Shield
             "shield.attack.under_attack_rate_factor",
             "must be above 0 and at most 1".into(),
         );
+    }
+    if r.routes.len() > 2 {
+        bad(None, "shield.routes", format!("{} per-route limits: at most 2 are supported (each tracked client keeps state for each)", r.routes.len()));
     }
     let mut routes = Vec::new();
     for (i, rl) in r.routes.iter().enumerate() {
