@@ -149,6 +149,20 @@ pub const RULES: &[Rule] = &[
         client_rate_above_capacity
     ),
     rule!(
+        "L018",
+        "alerts-off",
+        Warning,
+        "in the outage the on-call engineer got a vague alert late; without levee's alerts, or with nobody paged, an overload goes unnoticed until users complain.",
+        alerts_off
+    ),
+    rule!(
+        "L019",
+        "journal-off",
+        Warning,
+        "without the journal an incident leaves no timeline, and the postmortem has to be written from memory.",
+        journal_off
+    ),
+    rule!(
         "L101",
         "capacity-model-incomplete",
         Warning,
@@ -193,16 +207,7 @@ pub const RULES: &[Rule] = &[
 ];
 
 /// Rules that wait for config sections that do not exist yet: (name, what it will check).
-pub const PLANNED: &[(&str, &str)] = &[
-    (
-        "alerts-off",
-        "no alert rules, or no notifier, so an overload goes unnoticed",
-    ),
-    (
-        "journal-off",
-        "the incident journal off, so an incident leaves no timeline for the postmortem",
-    ),
-];
+pub const PLANNED: &[(&str, &str)] = &[];
 
 /// Not a rule: levee never retries a non-idempotent request after it was sent, and there is no
 /// key to make it, so the review has nothing to check.
@@ -496,5 +501,39 @@ fn client_rate_above_capacity(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
         out.push(cx.finding(rule, Severity::Warning, "shield.rate",
             format!("one client may send {:.0} requests/s, more than pool {} can serve ({cap:.0}/s)", sh.rate, p.pool),
             format!("set shield.rate well under {cap:.0} (a browser needs a few per second; bursts are what `burst` is for)")));
+    }
+}
+
+/// Alerts and the journal matter where real users are: both rules apply to a listener that is
+/// not loopback (a loopback-only levee is a development or test setup).
+fn alerts_off(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
+    if cx.cfg.listener.bind.ip().is_loopback() {
+        return;
+    }
+    let o = &cx.cfg.observe;
+    if !o.alerting.enabled {
+        out.push(cx.finding(
+            rule,
+            Severity::Warning,
+            "alerting.enabled",
+            "levee's alerts are off",
+            "remove `enabled = false` from [alerting]; tune single rules in [[alerts]] instead",
+        ));
+    } else if !o
+        .notifiers
+        .iter()
+        .any(|n| !matches!(n.kind, crate::config::observe::NotifierKind::Log))
+    {
+        out.push(cx.finding(rule, Severity::Warning, "notifiers",
+            "alerts only go to levee's log: no webhook or command notifier pages anyone",
+            "add a [[notifiers]] entry (kind = \"webhook\" for Alertmanager-compatible receivers, or kind = \"command\")"));
+    }
+}
+
+fn journal_off(cx: &Ctx, rule: &Rule, out: &mut Vec<Finding>) {
+    if !cx.cfg.listener.bind.ip().is_loopback() && cx.cfg.observe.journal.is_none() {
+        out.push(cx.finding(rule, Severity::Warning, "journal.path",
+            "the incident journal is off (no [journal] path)",
+            "set [journal] path = \"/var/lib/levee/journal.db\"; `levee postmortem` then drafts the postmortem from it"));
     }
 }

@@ -529,7 +529,14 @@ pub fn validate(r: &RawShield, text: &str, base: Option<&Path>) -> Result<Shield
         );
     }
     if r.routes.len() > 2 {
-        bad(None, "shield.routes", format!("{} per-route limits: at most 2 are supported (each tracked client keeps state for each)", r.routes.len()));
+        bad(
+            None,
+            "shield.routes",
+            format!(
+                "{} per-route limits: at most 2 are supported (each tracked client keeps state for each)",
+                r.routes.len()
+            ),
+        );
     }
     let mut routes = Vec::new();
     for (i, rl) in r.routes.iter().enumerate() {

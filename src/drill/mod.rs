@@ -410,13 +410,23 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, DrillError> {
     let _ = levee.shutdown().await;
     // The journal's writer commits at least every 250 ms; give it the last events.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let journal_draft = tokio::task::spawn_blocking(move || crate::journal::postmortem(&journal, None, crate::journal::Format::Markdown)).await.ok().and_then(Result::ok);
-    report::write_all(&a.out, &v, &seconds, &events, journal_draft.as_deref()).map_err(|e| DrillError::Out(a.out.clone(), e))?;
+    let journal_draft = tokio::task::spawn_blocking(move || {
+        crate::journal::postmortem(&journal, None, crate::journal::Format::Markdown)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok);
+    report::write_all(&a.out, &v, &seconds, &events, journal_draft.as_deref())
+        .map_err(|e| DrillError::Out(a.out.clone(), e))?;
     eprintln!("\n{}", report::verdict_table(&v));
     eprintln!(
         "written to {}: verdict.md, verdict.json, timeline.jsonl, postmortem.md ({}), report.html, journal.db",
         a.out.display(),
-        if journal_draft.is_some() { "the incident's draft from the journal, then the drill's account" } else { "no incident in the journal: the drill's account" }
+        if journal_draft.is_some() {
+            "the incident's draft from the journal, then the drill's account"
+        } else {
+            "no incident in the journal: the drill's account"
+        }
     );
     drop(sims);
     Ok(if v.passed {

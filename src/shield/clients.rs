@@ -285,7 +285,8 @@ impl ClientTable {
     /// new score.
     pub fn add_score(&self, key: ClientKey, weight: f64, half_life_ms: u64, now_ms: u64) -> f64 {
         self.with(key, now_ms, |c| {
-            c.score = decay(c.score, u64::from(c.score_s) * 1000, now_ms, half_life_ms) + weight as f32;
+            c.score =
+                decay(c.score, u64::from(c.score_s) * 1000, now_ms, half_life_ms) + weight as f32;
             c.score_s = secs(now_ms);
             f64::from(c.score)
         })
@@ -306,7 +307,9 @@ impl ClientTable {
             };
             let before = shard.len();
             shard.retain(|_, c| {
-                c.conns > 0 || c.active > 0 || now_ms.saturating_sub(u64::from(c.last_seen_s) * 1000) < idle_ms
+                c.conns > 0
+                    || c.active > 0
+                    || now_ms.saturating_sub(u64::from(c.last_seen_s) * 1000) < idle_ms
             });
             removed += before - shard.len();
         }
@@ -391,6 +394,10 @@ mod size {
     fn an_entry_stays_small() {
         // Key and value of one tracked client: 1,000,000 of them fit in ~130 MB with the
         // hash table's load factor (see bench/shield_memory.sh).
-        assert!(std::mem::size_of::<(super::Slot, super::Client)>() <= 64, "{}", std::mem::size_of::<(super::Slot, super::Client)>());
+        assert!(
+            std::mem::size_of::<(super::Slot, super::Client)>() <= 64,
+            "{}",
+            std::mem::size_of::<(super::Slot, super::Client)>()
+        );
     }
 }
