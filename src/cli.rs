@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// The config file (TOML)
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Worker threads of the runtime (default: one per core)
+    /// Worker threads of the runtime (default: one per core; 1: a single-threaded runtime)
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -118,10 +118,16 @@ pub fn run() -> ExitCode {
         Command::Serve(a) => a.threads,
         _ => None,
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One thread: a current-thread runtime runs every task on this thread, without the
+    // work-stealing scheduler's atomics, injection queue and cross-thread wake-ups.
+    let mut rt = if threads.is_some_and(|t| t <= 1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all();
-    if let Some(t) = threads {
-        rt.worker_threads(t.max(1));
+    if let Some(t) = threads.filter(|&t| t > 1) {
+        rt.worker_threads(t);
     }
     let rt = match rt.build() {
         Ok(rt) => rt,
