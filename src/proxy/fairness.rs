@@ -18,7 +18,8 @@ const NEW_CLIENT_PRIOR: f32 = 5.0;
 /// The per-client rate sketch.
 pub struct ClientRates {
     rows: [Box<[AtomicU64]>; 2],
-    hashers: [std::hash::RandomState; 2],
+    /// One keyed hash per client; the rows take different bits of it.
+    hasher: std::hash::RandomState,
 }
 
 impl std::fmt::Debug for ClientRates {
@@ -37,7 +38,7 @@ impl Default for ClientRates {
         };
         ClientRates {
             rows: [row(), row()],
-            hashers: [std::hash::RandomState::new(), std::hash::RandomState::new()],
+            hasher: std::hash::RandomState::new(),
         }
     }
 }
@@ -61,12 +62,12 @@ fn decayed(score: f32, then: u32, now: u32) -> f32 {
 
 impl ClientRates {
     fn slots(&self, client: &IpAddr) -> [&AtomicU64; 2] {
-        let idx = |i: usize| {
-            let mut h = self.hashers[i].build_hasher();
-            client.hash(&mut h);
-            (std::hash::Hasher::finish(&h) as usize) & (ROW - 1)
-        };
-        [&self.rows[0][idx(0)], &self.rows[1][idx(1)]]
+        let mut h = self.hasher.build_hasher();
+        client.hash(&mut h);
+        let h = std::hash::Hasher::finish(&h);
+        // Low and high halves of one 64-bit keyed hash: independent indexes for the two rows.
+        let (i0, i1) = (h as usize & (ROW - 1), (h >> 32) as usize & (ROW - 1));
+        [&self.rows[0][i0], &self.rows[1][i1]]
     }
 
     /// Records one request and returns the client's recent rate score (≈ requests in the
