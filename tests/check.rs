@@ -134,7 +134,12 @@ const RULE_FIXTURES: &[(&str, &str, &str, &str)] = &[
         "rate = 2000",
     ),
     ("L018_alerts_off.toml", "L018", "warning", "enabled = false"),
-    ("L019_journal_off.toml", "L019", "warning", "# A reviewed config"),
+    (
+        "L019_journal_off.toml",
+        "L019",
+        "warning",
+        "# A reviewed config",
+    ),
     (
         "L101_capacity_model_incomplete.toml",
         "L101",

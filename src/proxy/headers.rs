@@ -150,7 +150,11 @@ pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     for (i, d) in buf.iter_mut().enumerate() {
-        let (word, shift) = if i < 16 { (a, 60 - 4 * i) } else { (b, 124 - 4 * i) };
+        let (word, shift) = if i < 16 {
+            (a, 60 - 4 * i)
+        } else {
+            (b, 124 - 4 * i)
+        };
         *d = HEX[((word >> shift) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -173,13 +177,22 @@ mod tests {
         let id = new_request_id();
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 32);
-        assert!(s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(
+            s.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
         assert_ne!(new_request_id(), new_request_id());
     }
 
     #[test]
     fn forwarded_for_matches_display() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.9.99"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.99",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             let mut h = HeaderMap::new();
             h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
@@ -195,10 +208,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Foo, close"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Foo, close"),
+        );
         h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
         h.insert("x-foo", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         strip_hop_by_hop(&mut h);

@@ -114,6 +114,8 @@ pub async fn run(
             // keep-alive connections at the header timeout.
             .header_read_timeout(None)
             .max_header_size(l.max_header_size)
+            // Head and small bodies in one buffer, one write (measured: fewer instructions).
+            .writev(false)
             .keep_alive(true);
         let sh = &snap.cfg.shield;
         let limits = Limits {
