@@ -346,7 +346,9 @@ proc_snapshot() {
     local f line rest
     local -a F
     for f in /proc/[0-9]*/stat; do
-        line=$(<"$f") 2>/dev/null || continue
+        # A process can exit between the glob and the read; under set -e a failed $(<file)
+        # ended the whole script, a failed read builtin does not.
+        read -r line 2>/dev/null <"$f" || continue
         rest=${line##*) }
         read -ra F <<<"$rest"
         echo "${f//[!0-9]/} ${F[1]} $(( F[11] + F[12] + F[13] + F[14] ))"
