@@ -248,6 +248,21 @@ impl PoolCounters {
     }
 }
 
+/// A counter family labelled by [`Reason`], with every reason's handle resolved up front (so
+/// the series exist from the start and counting allocates nothing).
+fn per_reason(reg: &mut Registry, name: &str, help: &str) -> Vec<Counter> {
+    let family = Family::<Labels, Counter>::default();
+    reg.register(name, help, family.clone());
+    Reason::ALL
+        .iter()
+        .map(|r| {
+            family
+                .get_or_create(&vec![("reason", r.as_str().to_string())])
+                .clone()
+        })
+        .collect()
+}
+
 impl Metrics {
     /// A fresh registry with every family registered.
     pub fn new() -> Arc<Metrics> {
@@ -325,19 +340,11 @@ impl Metrics {
             journal_errors.clone(),
         );
         reg.register_collector(Box::new(super::process::ProcessCollector::default()));
-        let rej = Family::<Labels, Counter>::default();
-        reg.register(
+        let rejections = per_reason(
+            &mut reg,
             "levee_rejections",
             "Requests or connections levee answered or refused itself, by reason",
-            rej.clone(),
         );
-        let rejections = Reason::ALL
-            .iter()
-            .map(|r| {
-                rej.get_or_create(&vec![("reason", r.as_str().to_string())])
-                    .clone()
-            })
-            .collect();
         let retries = Family::<Labels, Counter>::default();
         reg.register(
             "levee_retries",
@@ -386,19 +393,11 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
-        let wb = Family::<Labels, Counter>::default();
-        reg.register(
+        let would_block = per_reason(
+            &mut reg,
             "levee_shield_would_block",
             "What the shield would have blocked in detect mode or a dry-run rule, by reason",
-            wb.clone(),
         );
-        let would_block = Reason::ALL
-            .iter()
-            .map(|r| {
-                wb.get_or_create(&vec![("reason", r.as_str().to_string())])
-                    .clone()
-            })
-            .collect();
         let bans = Family::<Labels, Counter>::default();
         reg.register("levee_shield_bans", "Bans added, by reason", bans.clone());
         let bans_active = Gauge::default();
