@@ -35,7 +35,12 @@ pub fn demo_backend_options() -> BackendOptions {
 }
 
 /// The demo's config for these addresses.
-pub fn demo_config(listen: SocketAddr, admin: SocketAddr, servers: &[SocketAddr]) -> String {
+pub fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    servers: &[SocketAddr],
+    journal: &str,
+) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         r#"# levee demo config: a safe starting point.
@@ -60,6 +65,9 @@ allow = ["127.0.0.1"]
 enabled = true
 format = "json"
 path = "stdout"
+
+[journal]
+path = {journal:?}             # incidents and postmortem drafts: levee postmortem --journal FILE
 
 [pools.web]
 servers = [{servers}]
@@ -99,7 +107,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         let servers: Vec<SocketAddr> = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16)))
             .collect();
-        print!("{}", demo_config(a.listen, a.admin, &servers));
+        print!(
+            "{}",
+            demo_config(a.listen, a.admin, &servers, "levee-journal.db")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut sims = Vec::new();
@@ -119,7 +130,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         sims.push(sim);
     }
     let addrs: Vec<SocketAddr> = sims.iter().map(SimServer::addr).collect();
-    let text = demo_config(a.listen, a.admin, &addrs);
+    let journal =
+        std::env::temp_dir().join(format!("levee-demo-journal-{}.db", std::process::id()));
+    let text = demo_config(a.listen, a.admin, &addrs, &journal.display().to_string());
     let cfg = match Config::parse(&text, "<demo>", None) {
         Ok(c) => c,
         Err(e) => {
@@ -144,9 +157,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 levee demo is running.
 
   levee     {url}/
+  dashboard {admin}/
   admin     {admin}/api/status   {admin}/metrics
   backends  {servers} (simulated: fine up to 32 concurrent requests each, crash above 64)
   config    levee demo --print-config
+  journal   {journal}  (after an incident: levee postmortem --journal {journal} --last)
 
 Three things to try:
   1. A request:      curl -i {url}/
@@ -156,7 +171,8 @@ Three things to try:
 
 Access log lines follow on stdout. Ctrl-C stops (in-flight requests finish first).
 "#,
-        servers = servers.join(", ")
+        servers = servers.join(", "),
+        journal = journal.display()
     );
     let code = crate::cli::run_until_signal(levee).await;
     drop(sims);
