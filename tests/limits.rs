@@ -285,3 +285,62 @@ async fn malformed_client_request_gets_400_and_levee_carries_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_small_upload_never_holds_a_server_slot() {
+    bounded(Duration::from_secs(30), async {
+        let b = fast_backend().await;
+        let l = levee(&config(&[b.addr()], "max_concurrency = 1\nqueue_size = 0")).await;
+        // A client announces 100 bytes, sends 10, then dawdles.
+        let mut slow = TcpStream::connect(l.addr).await.unwrap();
+        slow.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The only slot of the only server is free for everybody else meanwhile (with
+        // buffer_request_body = 0 these get 503: the upload holds the slot).
+        for _ in 0..5 {
+            assert_eq!(
+                get(&client(), &format!("http://{}/", l.addr))
+                    .await
+                    .unwrap()
+                    .status,
+                200
+            );
+        }
+        assert_eq!(b.stats().max_in_flight, 1);
+        // The slow client finishes; its request is forwarded whole.
+        slow.write_all(&[b'x'; 90]).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let r = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"received_bytes\": 100"),
+            "{r}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_post_is_retried_on_another_server_when_a_connection_fails() {
+    bounded(Duration::from_secs(30), async {
+        let good = fast_backend().await;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let l = levee(&config(
+            &[dead, good.addr()],
+            "algorithm = \"round_robin\"\n[pools.web.health_check]\nenabled = false\n[pools.web.outlier]\nconsecutive_failures = 0\n[pools.web.retry]\nattempts = 2\nbudget_min_per_second = 100",
+        ))
+        .await;
+        for _ in 0..6 {
+            let req = http::Request::post(format!("http://{}/", l.addr)).body(Full::new(Bytes::from_static(b"hello"))).unwrap();
+            let a = send(&client(), req).await.unwrap();
+            assert_eq!(a.status, 200);
+            assert!(a.text().contains("\"received_bytes\": 5"), "{}", a.text());
+        }
+    })
+    .await;
+}

@@ -49,6 +49,8 @@ pub struct Listener {
     pub max_header_size: usize,
     pub max_uri_length: usize,
     pub max_body_size: u64,
+    pub buffer_request_body: u64,
+
     pub max_connections: usize,
     pub drain_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,

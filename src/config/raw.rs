@@ -71,6 +71,11 @@ pub struct RawListener {
     /// this bounds abuse, not memory.
     #[serde(default = "default_max_body_size")]
     pub max_body_size: Size,
+    /// Request bodies up to this size (with a Content-Length) are read whole before a server
+    /// slot is taken, so a slow upload never holds a server and the request can be retried.
+    /// Default `64KiB`; `0` streams every body.
+    #[serde(default = "default_buffer_request_body")]
+    pub buffer_request_body: Size,
     /// Hard cap on open client connections; beyond it new connections are refused at accept.
     /// Default `10000`: well under the default file descriptor limits of a tuned host.
     #[serde(default = "default_max_connections")]
@@ -436,6 +441,9 @@ fn default_max_uri_length() -> u64 {
 }
 fn default_max_body_size() -> Size {
     Size(64 << 20)
+}
+fn default_buffer_request_body() -> Size {
+    Size(64 * 1024)
 }
 fn default_max_connections() -> u64 {
     10_000

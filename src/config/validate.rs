@@ -252,6 +252,7 @@ pub(super) fn validate(
             max_header_size: usize::try_from(l.max_header_size.0).unwrap_or(usize::MAX),
             max_uri_length: usize::try_from(l.max_uri_length).unwrap_or(usize::MAX),
             max_body_size: l.max_body_size.0,
+            buffer_request_body: l.buffer_request_body.0.min(l.max_body_size.0),
             max_connections: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
             drain_timeout: l.drain_timeout.0,
             trusted_proxies: trusted,

@@ -27,6 +27,8 @@ pub enum ReqBodyError {
 #[derive(Debug)]
 pub enum ReqBody {
     Empty,
+    /// A body read whole before forwarding (small bodies; replayable for retries).
+    Full(Option<Bytes>),
     Stream {
         inner: Incoming,
         remaining: u64,
@@ -46,6 +48,7 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Stream {
                 inner,
                 remaining,
@@ -79,6 +82,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
             ReqBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -86,6 +90,7 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Stream { inner, .. } => inner.size_hint(),
         }
     }

@@ -178,6 +178,36 @@ pub async fn handle(
     };
     drop(inner_cfg);
 
+    // Small bodies are read whole before a server slot is taken: a slow upload never holds a
+    // server (the slow-body timer still applies), and the request can be retried.
+    let (parts, incoming) = req.into_parts();
+    let inbound = match content_length {
+        Some(n) if n > 0 && n <= cfg.listener.buffer_request_body => {
+            conn.body_started();
+            let stream = ReqBody::Stream {
+                inner: incoming,
+                remaining: n,
+                limit: cfg.listener.max_body_size,
+                conn: conn.clone(),
+            };
+            match http_body_util::BodyExt::collect(stream).await {
+                Ok(c) => Inbound::Buffered(c.to_bytes()),
+                Err(_) => {
+                    return Ok(finish_local(
+                        &shared,
+                        &snap,
+                        &mut ctx,
+                        conn,
+                        StatusCode::BAD_REQUEST,
+                        Reason::BadRequest,
+                        "the request body could not be read\n",
+                    ));
+                }
+            }
+        }
+        _ => Inbound::Stream(incoming),
+    };
+
     // Admission.
     pool.budget.record_request();
     let admit_start = Instant::now();
@@ -220,10 +250,19 @@ pub async fn handle(
         &pool,
         permit,
         hash,
-        req,
+        parts,
+        inbound,
         content_length,
     )
     .await)
+}
+
+/// The request body as it reaches `forward`.
+enum Inbound {
+    /// Still on the client connection: streamed to the server.
+    Stream(Incoming),
+    /// Read whole before admission.
+    Buffered(bytes::Bytes),
 }
 
 fn strip_port(h: &str) -> &str {
@@ -266,13 +305,13 @@ async fn forward(
     pool: &Arc<PoolShared>,
     mut permit: Permit,
     hash: u64,
-    req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    inbound: Inbound,
     content_length: Option<u64>,
 ) -> Response<RespBody> {
     let cfg = &snap.cfg;
     let inner = pool.inner.load_full();
     let pcfg = &inner.cfg;
-    let (mut parts, body) = req.into_parts();
     let has_body = !(content_length == Some(0)
         || (content_length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING)));
     let trusted = headers::is_trusted(ctx.peer, &cfg.listener.trusted_proxies);
@@ -280,10 +319,15 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     headers::set_forwarded(&mut parts.headers, ctx.peer, trusted, host.as_ref());
-    let can_retry = pcfg.retry.attempts > 1 && !has_body;
+    let buffered = match &inbound {
+        Inbound::Buffered(b) => Some(b.clone()),
+        Inbound::Stream(_) => None,
+    };
+    let can_retry = pcfg.retry.attempts > 1 && (!has_body || buffered.is_some());
     let retry_headers = can_retry.then(|| parts.headers.clone());
-    let mut body = Some(if has_body {
-        ReqBody::Stream {
+    let mut body = Some(match inbound {
+        Inbound::Buffered(b) => ReqBody::Full(Some(b)),
+        Inbound::Stream(body) if has_body => ReqBody::Stream {
             inner: body,
             remaining: cfg.listener.max_body_size,
             limit: cfg.listener.max_body_size,
@@ -291,9 +335,8 @@ async fn forward(
                 conn.body_started();
                 conn.clone()
             },
-        }
-    } else {
-        ReqBody::Empty
+        },
+        Inbound::Stream(_) => ReqBody::Empty,
     });
     let deadline = ctx.start + pcfg.request_timeout;
     let mut tried: Vec<Arc<ServerState>> = Vec::new();
@@ -330,7 +373,10 @@ async fn forward(
                 Request::from_parts(p, body.take().unwrap_or(ReqBody::Empty))
             }
             None => {
-                let mut r = Request::new(ReqBody::Empty);
+                let mut r = Request::new(match &buffered {
+                    Some(b) => ReqBody::Full(Some(b.clone())),
+                    None => ReqBody::Empty,
+                });
                 *r.method_mut() = method.clone();
                 *r.uri_mut() = uri;
                 if let Some(h) = &retry_headers {
