@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_levee");
@@ -104,15 +104,6 @@ fn example_config_and_demo_config_are_valid() {
     let cfg = levee::config::Config::parse(&out, "demo", None).unwrap();
     assert_eq!(cfg.pools[0].servers.len(), 3);
     assert!(cfg.pools[0].health_check.is_some());
-}
-
-/// A levee process; killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn signal(p: &Proc, sig: &str) {
@@ -367,44 +358,10 @@ fn line_with(r: impl std::io::Read + Send + 'static, needle: &str) -> String {
     found
 }
 
-/// The first URL's scheme and authority in a line ("http://127.0.0.1:8080").
-fn url_in(line: &str) -> String {
-    let w = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap();
-    let rest = &w["http://".len()..];
-    format!("http://{}", rest.split('/').next().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_through_three_backends() {
     bounded(Duration::from_secs(60), async {
-        let mut child = Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let p = Proc(child);
-        let (url, admin) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(err).lines();
-            let (mut url, mut admin) = (None, None);
-            while url.is_none() || admin.is_none() {
-                let l = lines.next().expect("demo banner").unwrap();
-                let t = l.trim_start();
-                if t.starts_with("levee ") && t.contains("http://") {
-                    url = Some(url_in(t));
-                } else if t.starts_with("admin ") {
-                    admin = Some(url_in(t));
-                }
-            }
-            std::thread::spawn(move || for _ in lines.by_ref() {});
-            (url.unwrap(), admin.unwrap())
-        })
-        .await
-        .unwrap();
+        let (p, url, admin) = start_demo().await;
         let c = client();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..30 {

@@ -6,19 +6,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_levee");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser"].into_iter().find(|b| {
@@ -77,15 +66,6 @@ fn text_of(dom: &str, id: &str) -> String {
         .unwrap_or_default()
 }
 
-fn url_in(s: &str) -> String {
-    let w = s
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap();
-    let rest = &w["http://".len()..];
-    format!("http://{}", rest.split('/').next().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_and_moves_with_traffic_in_a_real_browser() {
     let Some(browser) = chromium() else {
@@ -97,31 +77,7 @@ async fn dashboard_renders_and_moves_with_traffic_in_a_real_browser() {
         return;
     };
     bounded(Duration::from_secs(90), async {
-        let mut child = Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let _p = Proc(child);
-        let (url, admin) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(err).lines();
-            let (mut url, mut admin) = (None, None);
-            while url.is_none() || admin.is_none() {
-                let l = lines.next().expect("demo banner").unwrap();
-                let t = l.trim_start();
-                if t.starts_with("levee ") && t.contains("http://") {
-                    url = Some(url_in(t));
-                } else if t.starts_with("admin ") {
-                    admin = Some(url_in(t));
-                }
-            }
-            std::thread::spawn(move || for _ in lines.by_ref() {});
-            (url.unwrap(), admin.unwrap())
-        })
-        .await
-        .unwrap();
+        let (_p, url, admin) = start_demo().await;
 
         let page = format!("{admin}/");
         let b = browser.to_string();

@@ -181,3 +181,54 @@ pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output
         .await
         .expect("test exceeded its time bound")
 }
+
+/// A child process (the real levee binary), killed on drop.
+pub struct Proc(pub std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first URL's scheme and authority in a line ("http://127.0.0.1:8080").
+pub fn url_in(line: &str) -> String {
+    let w = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let rest = &w["http://".len()..];
+    format!("http://{}", rest.split('/').next().unwrap())
+}
+
+/// Starts the real `levee demo` on port 0; returns it with its URL and admin URL (read from
+/// the banner on stderr).
+pub async fn start_demo() -> (Proc, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let p = Proc(child);
+    let (url, admin) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(err).lines();
+        let (mut url, mut admin) = (None, None);
+        while url.is_none() || admin.is_none() {
+            let l = lines.next().expect("demo banner").unwrap();
+            let t = l.trim_start();
+            if t.starts_with("levee ") && t.contains("http://") {
+                url = Some(url_in(t));
+            } else if t.starts_with("admin ") {
+                admin = Some(url_in(t));
+            }
+        }
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        (url.unwrap(), admin.unwrap())
+    })
+    .await
+    .unwrap();
+    (p, url, admin)
+}
