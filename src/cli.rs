@@ -344,6 +344,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(cfg) = load_reviewed(&a.config) else {
         return Ok(ExitCode::from(2));
     };
+    // Handlers first: a SIGHUP sent as soon as levee says it serves must reload, not kill it.
+    let signals = Signals::install()?;
     let levee = match crate::proxy::Levee::start(cfg).await {
         Ok(l) => l,
         Err(e) => {
@@ -355,15 +357,37 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         "levee: serving on http://{} (admin http://{})",
         levee.addr, levee.admin_addr
     );
-    run_until_signal(levee).await
+    run_until_signal(levee, signals).await
+}
+
+/// SIGTERM, SIGINT and SIGHUP handlers, installed before levee announces it is serving.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
 }
 
 /// Serves until SIGTERM/SIGINT (graceful drain, exit 0); SIGHUP reloads the config.
-pub async fn run_until_signal(levee: crate::proxy::Levee) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+pub async fn run_until_signal(
+    levee: crate::proxy::Levee,
+    signals: Signals,
+) -> anyhow::Result<ExitCode> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -140,6 +140,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let signals = crate::cli::Signals::install()?;
     let levee = match crate::proxy::Levee::start(cfg).await {
         Ok(l) => l,
         Err(e) => {
@@ -174,7 +175,7 @@ Access log lines follow on stdout. Ctrl-C stops (in-flight requests finish first
         servers = servers.join(", "),
         journal = journal.display()
     );
-    let code = crate::cli::run_until_signal(levee).await;
+    let code = crate::cli::run_until_signal(levee, signals).await;
     drop(sims);
     code
 }

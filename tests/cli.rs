@@ -19,16 +19,6 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "levee-cli-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn help_lists_every_subcommand() {
     let (code, out, _) = run(&["--help"]);

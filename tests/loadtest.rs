@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_levee");
-
 fn args(url: &str) -> LoadtestArgs {
     LoadtestArgs {
         url: Some(url.to_owned()),
@@ -31,36 +29,6 @@ async fn run_one(a: LoadtestArgs) -> ScenarioResult {
     let mut outcome = bounded(Duration::from_secs(30), loadtest::execute(plans, 2, false)).await;
     assert_eq!(outcome.results.len(), 1);
     outcome.results.remove(0)
-}
-
-/// Runs the real binary (blocking, in a thread) and returns (exit code, stdout, stderr).
-async fn bin(args: Vec<String>) -> (i32, String, String) {
-    let out = bounded(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || std::process::Command::new(BIN).args(&args).output()),
-    )
-    .await
-    .expect("join")
-    .expect("the binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "levee-loadtest-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +259,7 @@ async fn thresholds_decide_the_exit_code_and_expected_statuses_count_as_success(
         "--threshold",
         "p99 < 5s",
     ]));
-    let (code, out, err) = bin(pass).await;
+    let (code, out, err) = levee_bin(pass).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("PASS success_rate > 99.5% (observed 100.00%)"),
@@ -308,7 +276,7 @@ async fn thresholds_decide_the_exit_code_and_expected_statuses_count_as_success(
         "--threshold",
         "rps > 1000000",
     ]));
-    let (code, out, _) = bin(fail).await;
+    let (code, out, _) = levee_bin(fail).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("FAIL success_rate > 99.5% (observed 0.00%)"),
@@ -354,7 +322,7 @@ async fn bad_input_exits_2_with_a_message() {
         ),
     ];
     for (a, needle) in cases {
-        let (code, out, err) = bin(strings(&a)).await;
+        let (code, out, err) = levee_bin(strings(&a)).await;
         assert_eq!(code, 2, "{a:?}\n{out}\n{err}");
         assert!(err.contains(needle), "{a:?}: {err}");
     }
@@ -365,7 +333,7 @@ async fn bad_input_exits_2_with_a_message() {
         "url = \"http://127.0.0.1:9/\"\n[scenarios.a]\nrate = 5\nburst = 3\n",
     )
     .expect("write");
-    let (code, _, err) = bin(strings(&[
+    let (code, _, err) = levee_bin(strings(&[
         "loadtest",
         "--scenario",
         &file.display().to_string(),

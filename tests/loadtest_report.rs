@@ -6,45 +6,13 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_levee");
-
-/// Runs the real binary (blocking, in a thread) and returns (exit code, stdout, stderr).
-async fn bin(args: Vec<String>) -> (i32, String, String) {
-    let out = bounded(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || std::process::Command::new(BIN).args(&args).output()),
-    )
-    .await
-    .expect("join")
-    .expect("the binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "levee-loadtest-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_holds_the_full_results_and_the_progress_stays_out_of_logs() {
     let b = fast_backend().await;
     let dir = tempdir("json");
     let json = dir.join("r.json");
     let url = format!("http://{}/", b.addr());
-    let (code, out, err) = bin(strings(&[
+    let (code, out, err) = levee_bin(strings(&[
         "loadtest",
         &url,
         "--rate",
@@ -112,7 +80,7 @@ async fn the_html_report_renders_its_charts_in_a_real_browser() {
     let dir = tempdir("html");
     let (html, json) = (dir.join("report.html"), dir.join("r.json"));
     let url = format!("http://{}/", b.addr());
-    let (code, out, err) = bin(strings(&[
+    let (code, out, err) = levee_bin(strings(&[
         "loadtest",
         &url,
         "--rate",

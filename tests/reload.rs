@@ -176,13 +176,3 @@ async fn state_of_kept_servers_carries_over_and_bad_reload_keeps_old_config() {
     })
     .await;
 }
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "levee-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}

@@ -232,3 +232,39 @@ pub async fn start_demo() -> (Proc, String, String) {
     .unwrap();
     (p, url, admin)
 }
+
+/// A fresh directory under the system temp dir, unique to this process and call.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "levee-test-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Owned strings of string literals (for argument lists).
+pub fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs the real binary in a blocking thread, bounded in time; (exit code, stdout, stderr).
+pub async fn levee_bin(args: Vec<String>) -> (i32, String, String) {
+    let out = bounded(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+                .args(&args)
+                .output()
+        }),
+    )
+    .await
+    .expect("join")
+    .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
