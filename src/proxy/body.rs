@@ -4,6 +4,7 @@
 
 use super::conn::ConnActivity;
 use super::pool::Permit;
+use super::upstream::{UpBody, UpstreamError};
 use crate::observe::access_log::{AccessLogger, Entry};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -131,7 +132,7 @@ pub struct RespBody {
 #[derive(Debug)]
 enum RespKind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpBody),
 }
 
 impl RespBody {
@@ -144,7 +145,7 @@ impl RespBody {
         }
     }
     /// A server's body, streamed.
-    pub fn upstream(b: Incoming) -> RespBody {
+    pub fn upstream(b: UpBody) -> RespBody {
         RespBody {
             kind: RespKind::Upstream(b),
             done: None,
@@ -162,12 +163,12 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let r = match &mut this.kind {
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

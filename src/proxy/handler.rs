@@ -8,6 +8,7 @@ use super::conn::ConnActivity;
 use super::headers::{self, X_REQUEST_ID};
 use super::pool::{AdmitError, Permit, PoolShared, ServerState};
 use super::runtime::{Shared, Snapshot};
+use super::upstream::{self, UpBody, UpstreamError};
 use crate::config::{Algorithm, Config, HashKey};
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::Reason;
@@ -292,7 +293,7 @@ fn idempotent(m: &Method) -> bool {
 }
 
 enum Outcome {
-    Response(Response<Incoming>, f64),
+    Response(Response<UpBody>, f64),
     Error(StatusCode, Reason, &'static str),
 }
 
@@ -324,7 +325,6 @@ async fn forward(
         Inbound::Stream(_) => None,
     };
     let can_retry = pcfg.retry.attempts > 1 && (!has_body || buffered.is_some());
-    let retry_headers = can_retry.then(|| parts.headers.clone());
     let mut body = Some(match inbound {
         Inbound::Buffered(b) => ReqBody::Full(Some(b)),
         Inbound::Stream(body) if has_body => ReqBody::Stream {
@@ -341,57 +341,28 @@ async fn forward(
     let deadline = ctx.start + pcfg.request_timeout;
     let mut tried: Vec<Arc<ServerState>> = Vec::new();
     let mut attempt = 1;
-    let mut first_parts = Some(parts);
-    let method = ctx.method.clone();
+    // Shared by every attempt (and by an abandoned attempt finishing in the background).
+    let parts = Arc::new(parts);
     loop {
         let server = permit.server().clone();
-        let pq = first_parts
-            .as_ref()
-            .and_then(|p| p.uri.path_and_query().cloned())
-            .or_else(|| ctx.uri.path_and_query().cloned());
-        let mut up = Uri::builder()
-            .scheme("http")
-            .authority(server.authority.clone());
-        if let Some(pq) = pq {
-            up = up.path_and_query(pq);
-        }
-        let Ok(uri) = up.build() else {
-            return finish_local(
-                shared,
-                snap,
-                &mut ctx,
-                conn,
-                StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                "bad request URI\n",
-            );
+        let attempt_body = match body.take() {
+            Some(b) => b,
+            None => match &buffered {
+                Some(b) => ReqBody::Full(Some(b.clone())),
+                None => ReqBody::Empty,
+            },
         };
-        let mut upstream = match first_parts.take() {
-            Some(mut p) => {
-                p.uri = uri;
-                p.version = http::Version::HTTP_11;
-                Request::from_parts(p, body.take().unwrap_or(ReqBody::Empty))
-            }
-            None => {
-                let mut r = Request::new(match &buffered {
-                    Some(b) => ReqBody::Full(Some(b.clone())),
-                    None => ReqBody::Empty,
-                });
-                *r.method_mut() = method.clone();
-                *r.uri_mut() = uri;
-                if let Some(h) = &retry_headers {
-                    *r.headers_mut() = h.clone();
-                }
-                r
-            }
-        };
-        *upstream.version_mut() = http::Version::HTTP_11;
         let sent = Instant::now();
         let budget = pcfg
             .response_header_timeout
             .min(deadline.saturating_duration_since(sent));
         let mut inflight = InFlight {
-            fut: Some(inner.client.request(upstream)),
+            fut: Some(Box::pin(upstream::send(
+                server.clone(),
+                inner.conn_opts,
+                parts.clone(),
+                attempt_body,
+            ))),
             permit: Some(permit),
             linger: pcfg.request_timeout,
         };
@@ -421,10 +392,13 @@ async fn forward(
         let (retryable, server_failed) = match &outcome {
             Outcome::Response(r, _) => {
                 let s = r.status().as_u16();
-                (matches!(s, 502..=504) && idempotent(&method), s >= 500)
+                (
+                    matches!(s, 502..=504) && idempotent(&parts.method),
+                    s >= 500,
+                )
             }
             Outcome::Error(_, Reason::UpstreamConnect, _) => (true, true),
-            Outcome::Error(_, Reason::UpstreamError, _) => (idempotent(&method), true),
+            Outcome::Error(_, Reason::UpstreamError, _) => (idempotent(&parts.method), true),
             Outcome::Error(_, Reason::BodyTooLarge | Reason::BadRequest, _) => (false, false),
             Outcome::Error(..) => (false, true),
         };
@@ -483,8 +457,12 @@ async fn forward(
 /// server answers (the client went away, or levee stopped waiting), the slot stays taken in a
 /// background task until the server answers or `linger` passes: the server is still working
 /// on it, and counting it free would let levee send the server more than its cap.
+type SendFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<UpBody>, UpstreamError>> + Send>,
+>;
+
 struct InFlight {
-    fut: Option<hyper_util::client::legacy::ResponseFuture>,
+    fut: Option<SendFuture>,
     permit: Option<Permit>,
     linger: std::time::Duration,
 }
@@ -501,7 +479,7 @@ impl InFlight {
 }
 
 impl std::future::Future for InFlight {
-    type Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+    type Output = Result<Response<UpBody>, UpstreamError>;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -509,7 +487,7 @@ impl std::future::Future for InFlight {
         let Some(fut) = self.fut.as_mut() else {
             return std::task::Poll::Pending;
         };
-        match std::pin::Pin::new(fut).poll(cx) {
+        match fut.as_mut().poll(cx) {
             std::task::Poll::Ready(r) => {
                 self.fut = None;
                 std::task::Poll::Ready(r)
@@ -533,37 +511,28 @@ impl Drop for InFlight {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(b) = s.downcast_ref::<ReqBodyError>() {
-            return match b {
-                ReqBodyError::TooLarge(_) => Outcome::Error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Reason::BodyTooLarge,
-                    "request body too large\n",
-                ),
-                ReqBodyError::Client(_) => Outcome::Error(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    "the request body could not be read\n",
-                ),
-            };
-        }
-        src = s.source();
-    }
-    if e.is_connect() {
-        Outcome::Error(
+fn classify(e: &UpstreamError) -> Outcome {
+    match e {
+        UpstreamError::Body(ReqBodyError::TooLarge(_)) => Outcome::Error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            "request body too large\n",
+        ),
+        UpstreamError::Body(ReqBodyError::Client(_)) => Outcome::Error(
+            StatusCode::BAD_REQUEST,
+            Reason::BadRequest,
+            "the request body could not be read\n",
+        ),
+        UpstreamError::Connect(_) => Outcome::Error(
             StatusCode::BAD_GATEWAY,
             Reason::UpstreamConnect,
             "502 cannot connect to the server\n",
-        )
-    } else {
-        Outcome::Error(
+        ),
+        UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Invalid(_) => Outcome::Error(
             StatusCode::BAD_GATEWAY,
             Reason::UpstreamError,
             "502 the server sent an invalid or no response\n",
-        )
+        ),
     }
 }
 
@@ -573,7 +542,7 @@ fn respond(
     mut ctx: Ctx,
     conn: Arc<ConnActivity>,
     permit: Permit,
-    resp: Response<Incoming>,
+    resp: Response<UpBody>,
     upstream_ms: f64,
     pool: &PoolShared,
 ) -> Response<RespBody> {

@@ -11,6 +11,8 @@ pub mod listener;
 pub mod pool;
 pub mod retry_budget;
 pub mod runtime;
+pub mod upstream;
+pub mod upstream_codec;
 
 use crate::config::{Config, ConfigError};
 use listener::OpenConns;

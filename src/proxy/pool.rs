@@ -23,12 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// The HTTP client used to forward requests.
-pub type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    super::body::ReqBody,
->;
-
 /// One backend server's live state. Keyed by (pool, server name); survives reloads.
 #[derive(Debug)]
 pub struct ServerState {
@@ -52,6 +46,8 @@ pub struct ServerState {
     upper: AtomicU32,
     pub counters: ServerCounters,
     events: EventBus,
+    /// Idle keep-alive connections to this server.
+    pub(crate) conns: super::upstream::IdleConns,
 }
 
 impl ServerState {
@@ -86,6 +82,7 @@ impl ServerState {
             upper: AtomicU32::new(s.max_concurrency),
             counters: metrics.server_counters(pool, &s.name),
             events: events.clone(),
+            conns: super::upstream::IdleConns::default(),
         }
     }
 
@@ -248,7 +245,8 @@ pub struct PoolInner {
     pub servers: Vec<Arc<ServerState>>,
     /// Consistent-hash ring: (point, server index), sorted.
     pub ring: Vec<(u64, u32)>,
-    pub client: HttpClient,
+    /// How connections to the servers are opened and kept.
+    pub conn_opts: super::upstream::ConnOpts,
     /// Smooth weighted round robin current weights.
     pub(crate) wrr: Mutex<Vec<i64>>,
 }
@@ -281,19 +279,6 @@ fn initial_cap(s: &config::Server, adaptive: Option<&config::Adaptive>) -> u32 {
             .clamp(a.min.min(s.max_concurrency), s.max_concurrency),
         None => s.max_concurrency,
     }
-}
-
-fn build_client(cfg: &config::Pool) -> HttpClient {
-    let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
-    conn.set_connect_timeout(Some(cfg.connect_timeout));
-    conn.set_nodelay(true);
-    conn.enforce_http(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(cfg.max_idle_connections)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .build(conn)
 }
 
 fn build_ring(servers: &[Arc<ServerState>]) -> Vec<(u64, u32)> {
@@ -359,21 +344,15 @@ impl PoolShared {
                 }
             })
             .collect();
-        let client = match &old_inner {
-            Some(oi)
-                if oi.cfg.connect_timeout == cfg.connect_timeout
-                    && oi.cfg.max_idle_connections == cfg.max_idle_connections =>
-            {
-                oi.client.clone()
-            }
-            _ => build_client(cfg),
-        };
         let inner = PoolInner {
             cfg: cfg.clone(),
             ring: build_ring(&servers),
             wrr: Mutex::new(vec![0; servers.len()]),
             servers,
-            client,
+            conn_opts: super::upstream::ConnOpts {
+                connect_timeout: cfg.connect_timeout,
+                max_idle: cfg.max_idle_connections,
+            },
         };
         match old {
             Some(o) => {

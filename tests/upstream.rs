@@ -1,0 +1,336 @@
+//! levee's HTTP/1.1 client towards the servers, against scripted servers on real sockets:
+//! kept connections the server closes, replays that must and must not happen, every way a
+//! response body can be delimited, and servers that break the protocol.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted server does with a request.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Write these bytes as the answer and keep the connection.
+    Answer(&'static [u8]),
+    /// Write these bytes, then close.
+    AnswerClose(&'static [u8]),
+    /// Read the request and close without answering.
+    Close,
+}
+
+/// Counts of what a scripted server saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    /// Requests whose method was POST.
+    posts: AtomicUsize,
+}
+
+/// The script of a server: `(index of the request on its connection, index among all the
+/// server's requests)`, both from 0, to what it does.
+type Script = fn(usize, usize) -> Act;
+
+/// A server on a free port that runs its script for every request head it reads.
+/// `idle_close` closes a connection that long after each answer.
+async fn scripted(script: Script, idle_close: Option<Duration>) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            s2.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = s2.clone();
+            tokio::spawn(serve_script(sock, script, idle_close, seen));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve_script(
+    mut sock: TcpStream,
+    script: Script,
+    idle_close: Option<Duration>,
+    seen: Arc<Seen>,
+) {
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        // Read one request head (and a small Content-Length body).
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = match idle_close {
+                Some(d) => match tokio::time::timeout(d, sock.read(&mut chunk)).await {
+                    Ok(r) => r,
+                    Err(_) => return, // idle: close
+                },
+                None => sock.read(&mut chunk).await,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + body_len {
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..head_end + body_len);
+        let global = seen.requests.fetch_add(1, Ordering::SeqCst);
+        if head.starts_with("post ") {
+            seen.posts.fetch_add(1, Ordering::SeqCst);
+        }
+        match script(n, global) {
+            Act::Answer(b) => {
+                if sock.write_all(b).await.is_err() {
+                    return;
+                }
+            }
+            Act::AnswerClose(b) => {
+                let _ = sock.write_all(b).await;
+                return;
+            }
+            Act::Close => return,
+        }
+        n += 1;
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// levee in front of one server, health checks and handler-level retries off (so what is
+/// seen is the connection layer alone).
+async fn levee_for(server: SocketAddr) -> levee::proxy::Levee {
+    levee(&config(
+        &[server],
+        "[pools.web.health_check]\nenabled = false\n[pools.web.retry]\nattempts = 1\n[pools.web.outlier]\nconsecutive_failures = 1000\n",
+    ))
+    .await
+}
+
+async fn upstream_failures(l: &levee::proxy::Levee) -> f64 {
+    let mut n = 0.0;
+    for r in [
+        "upstream_bad_response",
+        "upstream_connect_error",
+        "upstream_timeout",
+    ] {
+        n += metric(l, &format!("levee_rejections_total{{reason=\"{r}\"}}"))
+            .await
+            .unwrap_or(0.0);
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_the_server_closed_while_idle_are_not_used() {
+    bounded(Duration::from_secs(30), async {
+        // The server closes every connection 50 ms after its answer.
+        let (addr, seen) = scripted(|_, _| Act::Answer(OK), Some(Duration::from_millis(50))).await;
+        let l = levee_for(addr).await;
+        let c = client();
+        let url = format!("http://{}/", l.addr);
+        for i in 0..5 {
+            let a = get(&c, &url).await.unwrap();
+            assert_eq!((a.status, a.text().as_str()), (200, "ok"), "request {i}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            5,
+            "a closed connection is never reused"
+        );
+        assert_eq!(upstream_failures(&l).await, 0.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_the_server_dropped_on_a_kept_connection_is_sent_again_a_post_is_not() {
+    bounded(Duration::from_secs(30), async {
+        // Every connection answers its first request, then closes on the second without
+        // answering (a keep-alive race: the server gave up on the connection).
+        let (addr, seen) = scripted(
+            |n, _| if n == 0 { Act::Answer(OK) } else { Act::Close },
+            None,
+        )
+        .await;
+        let l = levee_for(addr).await;
+        let c = client();
+        let url = format!("http://{}/", l.addr);
+        assert_eq!(get(&c, &url).await.unwrap().status, 200);
+        // The GET goes out on the kept connection, which the server drops: levee sends it once
+        // more on a new connection, and the client never knows.
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (200, "ok"));
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream_failures(&l).await, 0.0);
+        // A POST the server may have acted on is never sent twice: 502.
+        let req = http::Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"pay=1")))
+            .unwrap();
+        let a = send(&c, req).await.unwrap();
+        assert_eq!(a.status, 502);
+        assert_eq!(
+            seen.posts.load(Ordering::SeqCst),
+            1,
+            "the POST reached the server once"
+        );
+        assert_eq!(upstream_failures(&l).await, 1.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_response_body_passes_through_whole() {
+    bounded(Duration::from_secs(30), async {
+        // Chunked with an extension and a trailer, then a HEAD answer with a length and no
+        // body, an interim 100 Continue, and a 204: all on one kept connection.
+        let (addr, seen) = scripted(
+            |_, n| match n {
+                0 => Act::Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+                1 => Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+                2 => Act::Answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone"),
+                3 => Act::Answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
+                4 => Act::AnswerClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the server closes"),
+                _ => Act::Answer(OK),
+            },
+            None,
+        )
+        .await;
+        let l = levee_for(addr).await;
+        let c = client();
+        let url = format!("http://{}/", l.addr);
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (200, "hello, world"));
+        let head = http::Request::head(&url).body(Full::new(Bytes::new())).unwrap();
+        let a = send(&c, head).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-length"), Some("1000"));
+        assert!(a.body.is_empty());
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (201, "done"));
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!(a.status, 204);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1, "one connection carried all four");
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (200, "until the server closes"));
+        assert_eq!(upstream_failures(&l).await, 0.0);
+        // The connection closed by the server is not reused: the next request opens another.
+        assert_eq!(get(&c, &url).await.unwrap().status, 200);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_is_never_passed_off_as_complete() {
+    bounded(Duration::from_secs(30), async {
+        let (addr, _) = scripted(
+            |_, n| match n {
+                0 => Act::AnswerClose(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it",
+                ),
+                _ => Act::Answer(OK),
+            },
+            None,
+        )
+        .await;
+        let l = levee_for(addr).await;
+        let c = client();
+        let url = format!("http://{}/", l.addr);
+        let r = get(&c, &url).await;
+        assert!(
+            r.is_err(),
+            "a truncated body must fail at the client, got {r:?}"
+        );
+        // levee carries on with a new connection.
+        let a = get(&c, &url).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (200, "ok"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_breaking_the_protocol_get_502_for_that_request_only() {
+    bounded(Duration::from_secs(30), async {
+        let (addr, _) = scripted(
+            |_, n| match n {
+                0 => Act::AnswerClose(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                ),
+                1 => {
+                    Act::AnswerClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+                }
+                _ => Act::Answer(OK),
+            },
+            None,
+        )
+        .await;
+        let l = levee_for(addr).await;
+        let c = client();
+        let url = format!("http://{}/", l.addr);
+        // Conflicting lengths: refused before any byte reaches the client.
+        assert_eq!(get(&c, &url).await.unwrap().status, 502);
+        // A head larger than levee accepts (64 KiB): 502, the server's bytes never relayed.
+        let big = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let big_addr = big.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = big.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b).await;
+                    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+                    for i in 0..2000 {
+                        head.extend_from_slice(
+                            format!("x-h{i}: {}\r\n", "v".repeat(40)).as_bytes(),
+                        );
+                    }
+                    let _ = s.write_all(&head).await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        let lb = levee_for(big_addr).await;
+        let a = get(&c, &format!("http://{}/", lb.addr)).await.unwrap();
+        assert_eq!(a.status, 502);
+        assert_eq!(
+            metric(
+                &lb,
+                "levee_rejections_total{reason=\"upstream_bad_response\"}"
+            )
+            .await,
+            Some(1.0)
+        );
+        // Bad chunked framing after a good head: the client's body fails, it is not a 200 with
+        // a body that ends early and looks whole.
+        let r = get(&c, &url).await;
+        assert!(
+            r.is_err(),
+            "a broken chunked body must fail at the client, got {r:?}"
+        );
+        assert_eq!(get(&c, &url).await.unwrap().status, 200);
+    })
+    .await;
+}
