@@ -11,6 +11,8 @@
 #   BENCH_CONNS=50       wrk connections (-c)
 #   BENCH_DURATION=10s   wrk measured duration (-d); a 2s warm-up precedes it
 #   BENCH_WARMUP=2s      warm-up duration (BENCH_WARMUP=0 skips it)
+#   BENCH_ROUNDS=3       rounds: every target measured once per round, the targets
+#                        alternating; the table shows each target's median round
 #   BENCH_WAIT_IDLE=0    N: before each measurement wait up to N s for an idle machine
 #   BENCH_RETRIES=2      re-measure a target up to N times when other processes used
 #                        more than 5% of the machine during its measurement
@@ -31,6 +33,7 @@ THREADS=${BENCH_THREADS:-1}
 CONNS=${BENCH_CONNS:-50}
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
+ROUNDS=${BENCH_ROUNDS:-3}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-0}
 RETRIES=${BENCH_RETRIES:-2}
 WRITE=${BENCH_WRITE:-1}
@@ -64,8 +67,8 @@ to_seconds() {
 }
 DURATION_S=$(to_seconds "$DURATION") || die "bad BENCH_DURATION=$DURATION"
 WARMUP_S=$(to_seconds "$WARMUP") || die "bad BENCH_WARMUP=$WARMUP"
-[[ $THREADS =~ ^[0-9]+$ && $CONNS =~ ^[0-9]+$ && $WAIT_IDLE =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ ]] ||
-    die "BENCH_THREADS, BENCH_CONNS, BENCH_WAIT_IDLE, BENCH_RETRIES must be integers"
+[[ $THREADS =~ ^[0-9]+$ && $CONNS =~ ^[0-9]+$ && $WAIT_IDLE =~ ^[0-9]+$ && $RETRIES =~ ^[0-9]+$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] ||
+    die "BENCH_THREADS, BENCH_CONNS, BENCH_WAIT_IDLE, BENCH_RETRIES, BENCH_ROUNDS must be integers (ROUNDS >= 1)"
 (( DURATION_S > 0 )) || die "BENCH_DURATION must be > 0"
 
 # ---------------------------------------------------------------- tools
@@ -434,7 +437,7 @@ run_wrk() { # url seconds outfile
 
 declare -A ADDR=([backend]=$BACKEND1 [nginx]=$NGINX_ADDR [haproxy]=$HAPROXY_ADDR [levee]=$LEVEE_ADDR)
 declare -A LABEL=([backend]="backend direct" [nginx]="nginx (1 worker)" [haproxy]="HAProxy (1 thread)" [levee]="levee (--threads 1)")
-declare -A RPS P50 P99 ERRS CPU
+declare -A RPS P50 P99 ERRS CPU RPS_R P50_R P99_R
 SKEWED=
 TARGETS=(backend nginx haproxy)
 [[ $SKIP_LEVEE == 1 ]] || TARGETS+=(levee)
@@ -471,6 +474,8 @@ if (( IDLE_BUSY > 10 )); then
 fi
 WRK_CMD="wrk -t$THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/"
 log "wrk: $WRK_CMD (warm-up ${WARMUP_S}s); pinning: $PINNING"
+for (( round = 1; round <= ROUNDS; round++ )); do
+(( ROUNDS == 1 )) || log "round $round of $ROUNDS"
 for t in "${TARGETS[@]}"; do
     start_target "$t"
     url="http://${ADDR[$t]}/"
@@ -501,10 +506,26 @@ for t in "${TARGETS[@]}"; do
         SKEWED+="${SKEWED:+, }${LABEL[$t]}"
         break
     done
+    RPS_R[$t]+="${RPS[$t]} "; P50_R[$t]+="${P50[$t]} "; P99_R[$t]+="${P99[$t]} "
     (( TARGET_PID == 0 )) || stop_pid "$TARGET_PID"
     if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
         cat "$TMP/backend.log" >&2; die "backend nginx died"
     fi
+done
+done
+
+# The median round of each target (the machine's speed varies from minute to minute; the
+# targets alternate, so every target sees the same mix of fast and slow moments).
+median() { # values... -> the median (the mean of the two middle ones for an even count)
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+for t in "${TARGETS[@]}"; do
+    # shellcheck disable=SC2086
+    RPS[$t]=$(printf '%.0f' "$(median ${RPS_R[$t]})")
+    # shellcheck disable=SC2086
+    P50[$t]=$(printf '%.3f' "$(median ${P50_R[$t]})")
+    # shellcheck disable=SC2086
+    P99[$t]=$(printf '%.3f' "$(median ${P99_R[$t]})")
 done
 
 # ---------------------------------------------------------------- report
@@ -525,6 +546,7 @@ CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
 ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 [[ $SKIP_LEVEE == 1 ]] && ENV_PREFIX+=" BENCH_SKIP_LEVEE=1"
 [[ $WARMUP == 2s ]] || ENV_PREFIX+=" BENCH_WARMUP=$WARMUP"
+[[ $ROUNDS == 3 ]] || ENV_PREFIX+=" BENCH_ROUNDS=$ROUNDS"
 [[ $WAIT_IDLE == 0 ]] || ENV_PREFIX+=" BENCH_WAIT_IDLE=$WAIT_IDLE"
 [[ $RETRIES == 2 ]] || ENV_PREFIX+=" BENCH_RETRIES=$RETRIES"
 [[ $PIN == 1 ]] || ENV_PREFIX+=" BENCH_PIN=$PIN"
@@ -533,14 +555,17 @@ ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 [[ $SKIP_LEVEE == 1 || $LEVEE_BIN == "$ROOT/$LEVEE_BIN_DEFAULT" ]] || ENV_PREFIX+=" LEVEE_BIN=$LEVEE_BIN"
 
 report() {
-    local id t head="| target | req/s | p50 ms | p99 ms | errors |" sep="|---|---:|---:|---:|---:|"
+    local id t head="| target | req/s (median) | p50 ms | p99 ms | errors | req/s of each round |" sep="|---|---:|---:|---:|---:|---|"
     for id in $CPU_IDS; do head+=" $(cpu_label "$id") |"; sep+="---:|"; done
     head+=" other processes (of all CPUs) |"; sep+="---:|"
+    echo "$ROUNDS round(s), the targets alternating; req/s, p50 and p99 are each target's median over the rounds;"
+    echo "errors and CPU columns are from the last round."
+    echo
     echo "$head"
     echo "$sep"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "${RPS[$t]}" \
-            "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${CPU[$t]// / | }"
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "${RPS[$t]}" \
+            "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${RPS_R[$t]% }" "${CPU[$t]// / | }"
     done
     echo
     [[ -z $SKEWED ]] || echo "- **warning**: other processes used > 5% of the machine during: $SKEWED; those rows are skewed"
