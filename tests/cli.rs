@@ -107,6 +107,15 @@ fn signal(p: &Proc, sig: &str) {
 
 /// Starts `levee serve` on port 0 and reads the bound addresses from its stderr.
 fn serve(config: &std::path::Path) -> (Proc, String, String) {
+    let (p, url, admin, _) = serve_watched(config);
+    (p, url, admin)
+}
+
+/// Like [`serve`], and the thread reading levee's stderr returns every line that reports a
+/// panic (of any task) once the process has exited.
+fn serve_watched(
+    config: &std::path::Path,
+) -> (Proc, String, String, std::thread::JoinHandle<Vec<String>>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "warn")
@@ -122,7 +131,12 @@ fn serve(config: &std::path::Path) -> (Proc, String, String) {
             break l;
         }
     };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let panics = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .filter(|l| l.contains("panicked"))
+            .collect::<Vec<_>>()
+    });
     let words: Vec<&str> = line.split_whitespace().collect();
     let url = words
         .iter()
@@ -136,7 +150,7 @@ fn serve(config: &std::path::Path) -> (Proc, String, String) {
         .unwrap()
         .trim_end_matches(')')
         .to_string();
-    (Proc(child), url, admin)
+    (Proc(child), url, admin, panics)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -250,7 +264,7 @@ async fn one_gib_each_way_streams_with_flat_memory() {
             config(&[b.addr()], "").replace("[admin]", "max_body_size = \"2GiB\"\n[admin]"),
         )
         .unwrap();
-        let (p, url, _) = serve(&f);
+        let (p, url, _, panics) = serve_watched(&f);
         let pid = p.0.id();
         let base = rss_kib(pid);
         let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(base));
@@ -306,6 +320,11 @@ async fn one_gib_each_way_streams_with_flat_memory() {
             peak < base + 64 * 1024,
             "memory stays flat: start {base} KiB, peak {peak} KiB"
         );
+        // Every connection has closed by now; a graceful stop waits for their tasks, and none
+        // of them may have panicked.
+        signal(&p, "TERM");
+        let panics = panics.join().unwrap();
+        assert!(panics.is_empty(), "levee panicked: {panics:?}");
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

@@ -137,100 +137,150 @@ pub async fn run(
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
         drop(snap);
         let shared = shared.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let idle = idle.clone();
-        tokio::spawn(async move {
+        // The connection runs in a task of its own that polls nothing else, so a request costs
+        // no poll of the watchdog's timers; the watchdog is a second task that wakes once per
+        // `tick` and aborts the connection when it must close.
+        let activity = ConnActivity::new();
+        let svc_shared = shared.clone();
+        let svc_act = activity.clone();
+        let conn_shared = shared.clone();
+        let conn_activity = activity.clone();
+        let mut conn_stop = stop.clone();
+        let connection = tokio::spawn(async move {
             let _guard = guard;
-            let mut ticket = ticket;
-            let activity = ConnActivity::new();
-            let svc_shared = shared.clone();
-            let svc_act = activity.clone();
             let svc = service_fn(move |req| {
                 handler::handle(svc_shared.clone(), peer, svc_act.clone(), req)
             });
-            let conn = builder.serve_connection(
-                TokioIo::new(TrackedStream::new(stream, activity.clone())),
-                svc,
-            );
+            let conn = builder
+                .serve_connection(TokioIo::new(TrackedStream::new(stream, conn_activity)), svc);
             tokio::pin!(conn);
-            let close_me = Arc::new(Notify::new());
-            let id = idle.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut idle_key: Option<(u64, u64)> = None;
-            let mut closing = *stop.borrow();
+            let mut closing = *conn_stop.borrow();
             if closing {
                 conn.as_mut().graceful_shutdown();
             }
             loop {
                 tokio::select! {
+                    biased;
                     r = conn.as_mut() => {
                         if let Err(e) = r {
-                            count_conn_error(&shared, peer_ip, &e);
+                            count_conn_error(&conn_shared, peer_ip, &e);
                         }
                         break;
                     }
-                    _ = stop.changed(), if !closing => {
+                    _ = conn_stop.changed(), if !closing => {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                }
+            }
+        });
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let idle = idle.clone();
+        tokio::spawn(async move {
+            let mut connection = connection;
+            let mut ticket = ticket;
+            let close_me = Arc::new(Notify::new());
+            let id = idle.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut idle_key: Option<(u64, u64)> = None;
+            let ended = loop {
+                let closing = *stop.borrow();
+                tokio::select! {
+                    _ = &mut connection => break true,
                     _ = close_me.notified() => {
                         // The connection table is full and this is the oldest idle one.
                         shared.metrics.reject(Reason::MaxConnections);
                         idle_key = None;
-                        break;
+                        break false;
                     }
                     _ = tokio::time::sleep(tick), if !closing => {
-                        let is_idle = activity.is_idle();
-                        match (is_idle, idle_key) {
-                            (true, None) => {
-                                let k = (now_ms(), id);
-                                idle.insert(k.0, k.1, &close_me);
-                                idle_key = Some(k);
-                            }
-                            (false, Some(k)) => {
-                                idle.remove(k);
-                                idle_key = None;
-                            }
-                            _ => {}
-                        }
-                        if !ticket.set_idle(is_idle) {
-                            shared.metrics.reject(Reason::IdleCap);
-                            break;
-                        }
-                        if shared.shield.peer_banned(peer_ip) {
-                            shared.metrics.reject(Reason::Banned);
-                            break;
-                        }
-                        match activity.verdict(&limits) {
-                            Verdict::Keep => {}
-                            Verdict::Idle => break,
-                            Verdict::HeaderTimeout => {
-                                // A slow or silent client: close now, nothing is in progress.
-                                shared.metrics.reject(Reason::HeaderTimeout);
-                                                                if activity.received_any() {
-                                    shared.shield.connection_violation(peer_ip, Violation::SlowClient, "request head not sent within the header timeout (slowloris?)");
-                                }
-                                break;
-                            }
-                            Verdict::SlowBody => {
-                                shared.shield.connection_violation(peer_ip, Violation::SlowClient, "request body slower than the minimum rate (slow POST?)");
-                                if enforced(&shared, Rule::SlowBody, Reason::SlowBody) {
-                                    break;
-                                }
-                            }
-                            Verdict::SlowRead => {
-                                shared.shield.connection_violation(peer_ip, Violation::SlowClient, "response not read within the send timeout (slow read?)");
-                                if enforced(&shared, Rule::SlowRead, Reason::SlowRead) {
-                                    break;
-                                }
-                            }
+                        if watch(&shared, &activity, &limits, &mut ticket, &idle, &close_me, id, &mut idle_key, peer_ip) {
+                            break false;
                         }
                     }
                 }
+            };
+            if !ended {
+                // Close it, and wait until it is gone before its ticket goes, so the client's
+                // connection count never drops while the socket is still open.
+                connection.abort();
+                let _ = connection.await;
             }
             if let Some(k) = idle_key {
                 idle.remove(k);
             }
+            drop(ticket);
         });
+    }
+}
+
+/// One tick of the connection watchdog; true when the connection must close.
+#[allow(clippy::too_many_arguments)]
+fn watch(
+    shared: &Shared,
+    activity: &ConnActivity,
+    limits: &Limits,
+    ticket: &mut crate::shield::ConnTicket,
+    idle: &IdleConns,
+    close_me: &Arc<Notify>,
+    id: u64,
+    idle_key: &mut Option<(u64, u64)>,
+    peer_ip: IpAddr,
+) -> bool {
+    let is_idle = activity.is_idle();
+    match (is_idle, *idle_key) {
+        (true, None) => {
+            let k = (now_ms(), id);
+            idle.insert(k.0, k.1, close_me);
+            *idle_key = Some(k);
+        }
+        (false, Some(k)) => {
+            idle.remove(k);
+            *idle_key = None;
+        }
+        _ => {}
+    }
+    if !ticket.set_idle(is_idle) {
+        shared.metrics.reject(Reason::IdleCap);
+        return true;
+    }
+    if shared.shield.peer_banned(peer_ip) {
+        shared.metrics.reject(Reason::Banned);
+        return true;
+    }
+    match activity.verdict(limits) {
+        Verdict::Keep => false,
+        Verdict::Idle => true,
+        Verdict::HeaderTimeout => {
+            // A slow or silent client: close now, nothing is in progress.
+            shared.metrics.reject(Reason::HeaderTimeout);
+            if activity.received_any() {
+                shared.shield.connection_violation(
+                    peer_ip,
+                    Violation::SlowClient,
+                    "request head not sent within the header timeout (slowloris?)",
+                );
+            }
+            true
+        }
+        Verdict::SlowBody => {
+            shared.shield.connection_violation(
+                peer_ip,
+                Violation::SlowClient,
+                "request body slower than the minimum rate (slow POST?)",
+            );
+            enforced(shared, Rule::SlowBody, Reason::SlowBody)
+        }
+        Verdict::SlowRead => {
+            shared.shield.connection_violation(
+                peer_ip,
+                Violation::SlowClient,
+                "response not read within the send timeout (slow read?)",
+            );
+            enforced(shared, Rule::SlowRead, Reason::SlowRead)
+        }
     }
 }
 
