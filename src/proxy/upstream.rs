@@ -291,30 +291,29 @@ async fn exchange(
 ) -> Result<codec::Head, Failure> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     conn.wbuf.clear();
+    // A body held whole is sent with its length; a streamed one keeps the client's
+    // Content-Length, or goes chunked when it had none.
+    let (length, chunked) = match body {
+        ReqBody::Empty => (None, false),
+        ReqBody::Full(b) => (Some(b.as_ref().map_or(0, |b| b.len())), false),
+        ReqBody::Stream { .. } => (
+            None,
+            !parts.headers.contains_key(http::header::CONTENT_LENGTH),
+        ),
+    };
+    codec::write_request_head(
+        &mut conn.wbuf,
+        &parts.method,
+        pq,
+        &parts.headers,
+        host,
+        length,
+        chunked,
+    );
     match body {
-        ReqBody::Empty => {
-            codec::write_request_head(
-                &mut conn.wbuf,
-                &parts.method,
-                pq,
-                &parts.headers,
-                host,
-                None,
-                false,
-            );
-            conn.stream.write_all(&conn.wbuf).await?;
-        }
+        ReqBody::Empty => conn.stream.write_all(&conn.wbuf).await?,
         ReqBody::Full(b) => {
             let data = b.take().unwrap_or_default();
-            codec::write_request_head(
-                &mut conn.wbuf,
-                &parts.method,
-                pq,
-                &parts.headers,
-                host,
-                Some(data.len()),
-                false,
-            );
             if data.len() <= COALESCE_BODY {
                 conn.wbuf.extend_from_slice(&data);
                 conn.stream.write_all(&conn.wbuf).await?;
@@ -324,16 +323,6 @@ async fn exchange(
             }
         }
         ReqBody::Stream { .. } => {
-            let chunked = !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-            codec::write_request_head(
-                &mut conn.wbuf,
-                &parts.method,
-                pq,
-                &parts.headers,
-                host,
-                None,
-                chunked,
-            );
             conn.stream.write_all(&conn.wbuf).await?;
             stream_body(conn, body, chunked).await?;
         }
