@@ -168,9 +168,13 @@ pub enum Parsed {
 /// Parses a response head at the start of `buf`. `method` is the request's (a HEAD response
 /// has no body whatever its headers say).
 pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: httparse writes the headers it finds (no 3 KiB to clear per response).
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(Invalid::TooManyHeaders),
