@@ -363,6 +363,12 @@ async fn open_worker(
     let mut slot = Slot::new();
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
+    // Made once per worker and polled again for every wait: no watch subscription, no waiter
+    // registration and no new timer per request.
+    let stopped = shared.stop.wait();
+    tokio::pin!(stopped);
+    let pace = tokio::time::sleep_until(start);
+    tokio::pin!(pace);
     loop {
         if shared.stop.is_stopped() {
             return;
@@ -374,9 +380,11 @@ async fn open_worker(
         let intended = start + Duration::from_secs_f64(t);
         let now = Instant::now();
         if intended > now {
+            pace.as_mut().reset(intended);
             tokio::select! {
-                _ = tokio::time::sleep_until(intended) => {}
-                _ = shared.stop.wait() => return,
+                biased;
+                _ = &mut stopped => return,
+                _ = pace.as_mut() => {}
             }
         } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
             // Long past the end of the run: this request was never sent (counted as unsent).
