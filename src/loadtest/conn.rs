@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::http1::{self, ReadBuffer};
 use super::plan::{HttpPlan, Plan, SourceIps};
@@ -149,17 +149,17 @@ impl Slot {
     }
 
     /// Sends one request (opening a connection first if needed) and reads the response to its
-    /// end, within `timeout`. `opened` is called for every new connection opened.
+    /// end, within `timeout` from `now` (the caller's clock reading, taken just before).
+    /// `opened` is called for every new connection opened.
     pub async fn send(
         &mut self,
         connector: &Connector,
         template: &RequestTemplate,
         timeout: Duration,
+        now: Instant,
         opened: impl FnMut(),
     ) -> Outcome {
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + timeout);
+        self.timer.as_mut().reset(now + timeout);
         let result = {
             let work = Slot::exchange(&mut self.stream, &mut self.buf, connector, template, opened);
             tokio::select! {

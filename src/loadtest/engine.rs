@@ -197,8 +197,10 @@ async fn closed_worker(
 ) {
     let mut slot = Slot::new();
     let body_len = shared.template.body_len();
+    // One clock reading per request: the end of one request is the start of the next.
+    let mut now = Instant::now();
     loop {
-        if shared.stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
+        if shared.stop.is_stopped() || deadline.is_some_and(|d| now >= d) {
             return;
         }
         if id >= active.load(Ordering::Relaxed) {
@@ -210,6 +212,7 @@ async fn closed_worker(
                 _ = tokio::time::sleep_until(until) => return,
                 _ = shared.stop.wait() => return,
             }
+            now = Instant::now();
             continue;
         }
         if let Some(budget) = &budget
@@ -219,17 +222,19 @@ async fn closed_worker(
         {
             return;
         }
-        let sent = Instant::now();
+        let sent = now;
         let recorder = &shared.recorder;
         let outcome = slot
             .send(
                 &shared.connector,
                 &shared.template,
                 shared.plan.timeout,
+                sent,
                 || recorder.connection_opened(id),
             )
             .await;
-        let latency = sent.elapsed();
+        now = Instant::now();
+        let latency = now.saturating_duration_since(sent);
         recorder.record(id, latency, latency, outcome, body_len);
     }
 }
@@ -369,6 +374,8 @@ async fn open_worker(
     tokio::pin!(stopped);
     let pace = tokio::time::sleep_until(start);
     tokio::pin!(pace);
+    // The end of one request is the clock reading the next one starts from.
+    let mut now = Instant::now();
     loop {
         if shared.stop.is_stopped() {
             return;
@@ -378,36 +385,39 @@ async fn open_worker(
             return;
         };
         let intended = start + Duration::from_secs_f64(t);
-        let now = Instant::now();
-        if intended > now {
+        let sent = if intended > now {
             pace.as_mut().reset(intended);
             tokio::select! {
                 biased;
                 _ = &mut stopped => return,
                 _ = pace.as_mut() => {}
             }
+            Instant::now()
         } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
             // Long past the end of the run: this request was never sent (counted as unsent).
             return;
-        } else if now.saturating_duration_since(intended) > LATE {
-            // Every connection was busy when it was due: one more connection.
-            let _ = grow.try_send(());
-        }
+        } else {
+            if now.saturating_duration_since(intended) > LATE {
+                // Every connection was busy when it was due: one more connection.
+                let _ = grow.try_send(());
+            }
+            now
+        };
         schedule.sent.fetch_add(1, Ordering::SeqCst);
-        let sent = Instant::now();
         let outcome = slot
             .send(
                 &shared.connector,
                 &shared.template,
                 shared.plan.timeout,
+                sent,
                 || recorder.connection_opened(id),
             )
             .await;
-        let done = Instant::now();
+        now = Instant::now();
         recorder.record(
             id,
-            done.saturating_duration_since(intended),
-            done.saturating_duration_since(sent),
+            now.saturating_duration_since(intended),
+            now.saturating_duration_since(sent),
             outcome,
             body_len,
         );

@@ -86,19 +86,23 @@ const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
 
 #[tokio::test]
 async fn chunked_bodies_with_extensions_and_trailers_are_decoded_to_their_end() {
-    let mut s = scripted(vec![CHUNKED.to_vec(), CHUNKED.to_vec()], false).await;
+    let upper = b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: gzip, CHUNKED\r\n\r\n2\r\nab\r\n0\r\n\r\n";
+    let answers = vec![CHUNKED.to_vec(), CHUNKED.to_vec(), upper.to_vec()];
+    let mut s = scripted(answers, false).await;
     let mut buf = ReadBuffer::new();
     // 5 + 26 + 10 data bytes; the second exchange on the same connection proves the decoder
     // stopped exactly at the end of the trailers.
     assert_eq!(exchange(&mut s, &mut buf, false).await, ok(200, 41, true));
     assert_eq!(exchange(&mut s, &mut buf, false).await, ok(200, 41, true));
+    // Header names and codings in any case.
+    assert_eq!(exchange(&mut s, &mut buf, false).await, ok(200, 2, true));
 }
 
 #[tokio::test]
 async fn content_length_bodies_are_counted_and_the_connection_kept() {
     let mut big = b"HTTP/1.1 201 Created\r\nContent-Length: 100000\r\n\r\n".to_vec();
     big.extend(std::iter::repeat_n(b'x', 100_000));
-    let small = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc".to_vec();
+    let small = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 3\r\n\r\nabc".to_vec();
     let empty = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
     let mut s = scripted(vec![big, small, empty], false).await;
     let mut buf = ReadBuffer::new();
