@@ -243,6 +243,10 @@ async fn closed_worker(
 /// pool of connections grows by one.
 const LATE: Duration = Duration::from_millis(2);
 
+/// Open model: a worker waiting longer than this for its request's intended time also watches
+/// for a stop; shorter waits only check the stop flag afterwards (cheaper per request).
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
 /// Open model: requests due before the end of the run may still be sent this long after it
 /// (they are late, and their latency says so); those still waiting then count as unsent.
 const LATE_SEND_GRACE: Duration = Duration::from_secs(1);
@@ -368,8 +372,8 @@ async fn open_worker(
     let mut slot = Slot::new();
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
-    // Made once per worker and polled again for every wait: no watch subscription, no waiter
-    // registration and no new timer per request.
+    // Made once per worker and polled again for every long wait: no watch subscription, no
+    // waiter registration and no new timer per request.
     let stopped = shared.stop.wait();
     tokio::pin!(stopped);
     let pace = tokio::time::sleep_until(start);
@@ -387,10 +391,18 @@ async fn open_worker(
         let intended = start + Duration::from_secs_f64(t);
         let sent = if intended > now {
             pace.as_mut().reset(intended);
-            tokio::select! {
-                biased;
-                _ = &mut stopped => return,
-                _ = pace.as_mut() => {}
+            if intended - now > STOP_CHECK {
+                tokio::select! {
+                    biased;
+                    _ = pace.as_mut() => {}
+                    _ = &mut stopped => return,
+                }
+            } else {
+                // A short wait (the usual one at high rates): the stop is seen right after it.
+                pace.as_mut().await;
+                if shared.stop.is_stopped() {
+                    return;
+                }
             }
             Instant::now()
         } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
