@@ -143,6 +143,22 @@ impl Slot {
         }
     }
 
+    /// Opens a connection now, within `timeout`, if the slot has none; whether one was opened.
+    /// A failure is not an error: the next request tries again and counts it.
+    pub async fn connect(&mut self, connector: &Connector, timeout: Duration) -> bool {
+        if self.stream.is_some() {
+            return false;
+        }
+        match tokio::time::timeout(timeout, connector.tcp()).await {
+            Ok(Ok(stream)) => {
+                self.buf.clear();
+                self.stream = Some(stream);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Drops the connection (the next request opens a new one).
     pub fn close(&mut self) {
         self.stream = None;

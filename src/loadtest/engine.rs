@@ -84,18 +84,18 @@ pub async fn run_http(
         recorder,
         stop,
     });
-    let start = Instant::now();
-    let (mut workers, open_run) = match &http.model {
-        Model::Closed { connections } => (
-            closed(shared.clone(), connections.clone(), start).await,
-            None,
-        ),
+    let (mut workers, open_run, start) = match &http.model {
+        Model::Closed { connections } => {
+            let start = Instant::now();
+            let workers = closed(shared.clone(), connections.clone(), start).await;
+            (workers, None, start)
+        }
         Model::Open {
             rate,
             max_connections,
         } => {
-            let (workers, run) = open(shared.clone(), rate, *max_connections as usize, start).await;
-            (workers, Some(run))
+            let (workers, run, start) = open(shared.clone(), rate, *max_connections as usize).await;
+            (workers, Some(run), start)
         }
     };
     let grace = match open_run {
@@ -299,9 +299,15 @@ async fn open(
     shared: Arc<Shared>,
     rate: &Load,
     max_connections: usize,
-    start: Instant,
-) -> (JoinSet<()>, (Arc<Schedule>, f64)) {
+) -> (JoinSet<()>, (Arc<Schedule>, f64), Instant) {
     let plan = shared.plan.clone();
+    let max = max_connections.max(1);
+    // Enough connections for 10ms answers at the peak rate; more are added when needed.
+    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
+    // Those needed at the start are opened before the schedule starts.
+    let ready = ((rate.at(0.0) * 0.01).ceil() as usize).min(initial);
+    let mut slots = preconnect(&shared, ready).await;
+    let start = Instant::now();
     let schedule = Arc::new(Schedule {
         rate: rate.clone(),
         constant: match rate {
@@ -314,19 +320,17 @@ async fn open(
         sent: AtomicU64::new(0),
     });
     let deadline = plan.duration.map(|d| start + d);
-    let max = max_connections.max(1);
-    // Enough connections for 10ms answers at the peak rate; more are added when needed.
-    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
     let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
     let mut active = JoinSet::new();
     let mut count = 0;
     while count < initial {
+        let slot = slots.pop().unwrap_or_default();
         active.spawn(open_worker(
             count,
             shared.clone(),
             schedule.clone(),
-            start,
-            deadline,
+            (start, deadline),
+            slot,
             grow_tx.clone(),
         ));
         count += 1;
@@ -335,7 +339,15 @@ async fn open(
         tokio::select! {
             _ = grow_rx.recv() => {
                 if count < max {
-                    active.spawn(open_worker(count, shared.clone(), schedule.clone(), start, deadline, grow_tx.clone()));
+                    let worker = open_worker(
+                        count,
+                        shared.clone(),
+                        schedule.clone(),
+                        (start, deadline),
+                        Slot::new(),
+                        grow_tx.clone(),
+                    );
+                    active.spawn(worker);
                     count += 1;
                 }
             }
@@ -350,7 +362,36 @@ async fn open(
     } else {
         f64::INFINITY
     };
-    (active, (schedule, cutoff))
+    (active, (schedule, cutoff), start)
+}
+
+/// How long the open model waits for its first connections before starting anyway (those not
+/// open by then are opened by their first request, as usual).
+const PRECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens `n` connections at once before the open model's schedule starts, so that the first
+/// requests do not queue behind the whole pool's handshakes (their latency would show the
+/// generator's start-up, not the server). Connections that fail or take longer than
+/// [`PRECONNECT_WAIT`] are left to the first request, which then counts the error.
+async fn preconnect(shared: &Arc<Shared>, n: usize) -> Vec<Slot> {
+    let mut tasks = JoinSet::new();
+    for id in 0..n {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let mut slot = Slot::new();
+            if slot.connect(&shared.connector, PRECONNECT_WAIT).await {
+                shared.recorder.connection_opened(id);
+            }
+            slot
+        });
+    }
+    let mut slots = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(slot) = done {
+            slots.push(slot);
+        }
+    }
+    slots
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -365,11 +406,10 @@ async fn open_worker(
     id: usize,
     shared: Arc<Shared>,
     schedule: Arc<Schedule>,
-    start: Instant,
-    deadline: Option<Instant>,
+    (start, deadline): (Instant, Option<Instant>),
+    mut slot: Slot,
     grow: mpsc::Sender<()>,
 ) {
-    let mut slot = Slot::new();
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
     // Made once per worker and polled again for every long wait: no watch subscription, no
