@@ -150,6 +150,27 @@ for _ in $(seq 100); do
 done
 [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$URL" || true) == 200 ]] || die "backend not answering"
 
+# CPU accounting, so that a reader sees which side was the bottleneck: the backend's busy share
+# (its worker's utime+stime over the run) and each client's CPU time (user+sys) per request.
+CLK_TCK=$(getconf CLK_TCK)
+BACKEND_WORKER=$(pgrep -P "$BACKEND_PID" | head -1 || true)
+backend_ticks() {
+    [[ -n $BACKEND_WORKER && -r /proc/$BACKEND_WORKER/stat ]] || { echo 0; return; }
+    awk '{ print $14 + $15 }' "/proc/$BACKEND_WORKER/stat"
+}
+# measured CMD...: runs CMD; sets CLIENT_CPU_S (its user+sys seconds, from bash's `times` in a
+# subshell) and BACKEND_BUSY (the backend's CPU share in % over DURATION_S).
+measured() {
+    local t0 t1
+    t0=$(backend_ticks)
+    ( "$@"; times >"$TMP/times" )
+    t1=$(backend_ticks)
+    CLIENT_CPU_S=$(awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }; printf "%.3f", n }' "$TMP/times")
+    BACKEND_BUSY=$(python3 -c "print(round(($t1 - $t0) / $CLK_TCK / $DURATION_S * 100))")
+}
+# cpu_per_request CPU_S RPS: client CPU microseconds per request
+cpu_per_request() { python3 -c "print(f'{$1 / max($2 * $DURATION_S, 1) * 1e6:.2f}')"; }
+
 json_field() { # file python-expression-on-s (the first scenario)
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d["scenarios"][0]; print(eval(sys.argv[2]))' "$1" "$2"
 }
@@ -162,24 +183,28 @@ log "warm-up (wrk, 2s)"
 # Rounds alternate the tools, so that other work on the machine hits them alike; each tool's
 # best and median round are reported.
 LEVEE_RUNS=(); WRK_RUNS=(); OHA_RUNS=(); LEVEE_P99S=(); WRK_P99S=(); OHA_P99S=(); LEVEE_ERR=0
+LEVEE_CPU=(); WRK_CPU=(); OHA_CPU=(); LEVEE_BB=(); WRK_BB=(); OHA_BB=()
 for round in $(seq "$ROUNDS"); do
     log "round $round/$ROUNDS: levee loadtest -c $CONNS --threads $THREADS -d $DURATION"
-    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
+    measured "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
         --json "$TMP/levee-closed.json" >"$TMP/levee-closed.txt"
     LEVEE_RUNS+=("$(json_field "$TMP/levee-closed.json" 'round(s["rps"])')")
+    LEVEE_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${LEVEE_RUNS[-1]}")"); LEVEE_BB+=("$BACKEND_BUSY")
     LEVEE_P99S+=("$(json_field "$TMP/levee-closed.json" 'round(s["latency"]["p99_ms"], 3)')")
     LEVEE_ERR=$(( LEVEE_ERR + $(json_field "$TMP/levee-closed.json" 's["failures"]') ))
 
     log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
-    "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
+    measured "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
     WRK_RUNS+=("$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/wrk.txt")")
+    WRK_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${WRK_RUNS[-1]}")"); WRK_BB+=("$BACKEND_BUSY")
     WRK_P99S+=("$(awk '$1 == "99%" { v=$2; n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
         f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", n*f }' "$TMP/wrk.txt")")
 
     log "round $round/$ROUNDS: oha -c $CONNS -z $DURATION (pinned to the same CPUs)"
-    "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
+    measured "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
         >"$TMP/oha.json" 2>"$TMP/oha.err"
     OHA_RUNS+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$TMP/oha.json")")
+    OHA_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${OHA_RUNS[-1]}")"); OHA_BB+=("$BACKEND_BUSY")
     OHA_P99S+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"]*1000, 3))' "$TMP/oha.json")")
 done
 best() { printf '%s\n' "$@" | sort -n | tail -1; }
@@ -187,6 +212,8 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
 LEVEE_RPS=$(best "${LEVEE_RUNS[@]}"); WRK_RPS=$(best "${WRK_RUNS[@]}"); OHA_RPS=$(best "${OHA_RUNS[@]}")
 LEVEE_MED=$(median "${LEVEE_RUNS[@]}"); WRK_MED=$(median "${WRK_RUNS[@]}"); OHA_MED=$(median "${OHA_RUNS[@]}")
 LEVEE_P99=$(median "${LEVEE_P99S[@]}"); WRK_P99=$(median "${WRK_P99S[@]}"); OHA_P99=$(median "${OHA_P99S[@]}")
+LEVEE_CPU_MED=$(median "${LEVEE_CPU[@]}"); WRK_CPU_MED=$(median "${WRK_CPU[@]}"); OHA_CPU_MED=$(median "${OHA_CPU[@]}")
+LEVEE_BB_MED=$(median "${LEVEE_BB[@]}"); WRK_BB_MED=$(median "${WRK_BB[@]}"); OHA_BB_MED=$(median "${OHA_BB[@]}")
 
 MAX_RPS=$(printf '%s\n' "$LEVEE_RPS" "$WRK_RPS" "$OHA_RPS" | sort -n | tail -1)
 RATIO_WRK=$(python3 -c "print(f'{$LEVEE_RPS / max($WRK_RPS, 1):.2f}')")
@@ -198,18 +225,19 @@ OPEN_ROWS=()
 for pct in 50 80; do
     rate=$(( MAX_RPS * pct / 100 ))
     log "levee loadtest --rate $rate -c $OPEN_CONNS --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
-    "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$OPEN_CONNS" --threads "$THREADS" \
+    measured "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$OPEN_CONNS" --threads "$THREADS" \
         -d "$DURATION" -q --json "$TMP/levee-open-$pct.json" >"$TMP/levee-open-$pct.txt"
-    row=$(python3 - "$TMP/levee-open-$pct.json" "$rate" "$pct" <<'PY'
+    row=$(python3 - "$TMP/levee-open-$pct.json" "$rate" "$pct" "$CLIENT_CPU_S" "$BACKEND_BUSY" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); s = d["scenarios"][0]
 rate, pct = float(sys.argv[2]), sys.argv[3]
+cpu_us = float(sys.argv[4]) / max(s["requests"], 1) * 1e6
 # Achieved rate: responses over the scenario's real duration (first send to last response);
 # a generator that falls behind its schedule stretches it, and unsent requests are failures.
 achieved = s["responses"] / s["duration_s"]
 err = (achieved - rate) / rate * 100
 print(f"| {pct}% | {rate:.0f} | {achieved:.1f} | {err:+.2f}% | {s['latency']['p99_ms']:.3f} | "
-      f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} |")
+      f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} | {cpu_us:.2f} | {sys.argv[5]}% |")
 PY
 )
     OPEN_ROWS+=("$row")
@@ -234,11 +262,15 @@ shows here: the figures are only comparable within one run).
 Closed model, $CONNS connections, $THREADS thread(s), $ROUNDS rounds of $DURATION per tool, the
 tools alternating (requests/s of every round in brackets):
 
-| tool | command | best requests/s | median requests/s | rounds | median p99 ms |
-|---|---|---|---|---|---|
-| levee loadtest | \`levee loadtest $URL -c $CONNS --threads $THREADS -d $DURATION\` | $LEVEE_RPS | $LEVEE_MED | ${LEVEE_RUNS[*]} | $LEVEE_P99 |
-| wrk | \`wrk -t$THREADS -c$CONNS -d$DURATION $URL\` | $WRK_RPS | $WRK_MED | ${WRK_RUNS[*]} | $WRK_P99 |
-| oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_MED | ${OHA_RUNS[*]} | $OHA_P99 |
+| tool | command | best requests/s | median requests/s | rounds | median p99 ms | client CPU µs/request (median) | backend CPU busy (median) |
+|---|---|---|---|---|---|---|---|
+| levee loadtest | \`levee loadtest $URL -c $CONNS --threads $THREADS -d $DURATION\` | $LEVEE_RPS | $LEVEE_MED | ${LEVEE_RUNS[*]} | $LEVEE_P99 | $LEVEE_CPU_MED | $LEVEE_BB_MED% |
+| wrk | \`wrk -t$THREADS -c$CONNS -d$DURATION $URL\` | $WRK_RPS | $WRK_MED | ${WRK_RUNS[*]} | $WRK_P99 | $WRK_CPU_MED | $WRK_BB_MED% |
+| oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_MED | ${OHA_RUNS[*]} | $OHA_P99 | $OHA_CPU_MED | $OHA_BB_MED% |
+
+Client CPU: user+sys time of the tool's process (all its threads) per request; backend CPU
+busy: the nginx worker's CPU time over the run. A backend near 100% busy is the bottleneck: the
+tools' requests/s then say little about the tools, and their CPU per request says more.
 
 levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
 rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
@@ -247,8 +279,8 @@ Open model (\`levee loadtest $URL --rate R -c $OPEN_CONNS --threads $THREADS -d 
 share of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real
 duration (first send to last response):
 
-| share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures |
-|---|---|---|---|---|---|---|
+| share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures | client CPU µs/request | backend CPU busy |
+|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${OPEN_ROWS[@]}")
 EOF
 )

@@ -425,3 +425,171 @@ fn the_example_scenario_file_is_valid() {
     let names: Vec<_> = plans.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["legit", "flood", "slowloris"]);
 }
+
+/// How a [`raw_server`] answers the requests of a connection.
+#[derive(Clone, Copy)]
+enum RawMode {
+    /// `200` with `Connection: close`, then closes.
+    CloseHeader,
+    /// `200` (keep-alive), then closes the connection at once, as an idle timeout would.
+    IdleClose,
+    /// Bytes that are not HTTP.
+    Garbage,
+    /// `200` with a chunked body, keep-alive.
+    Chunked,
+}
+
+/// Counts of a [`raw_server`]: connections accepted, and every request head it read.
+#[derive(Default)]
+struct RawSeen {
+    connections: u64,
+    requests: Vec<Vec<u8>>,
+}
+
+/// A hand-written HTTP/1.1 server answering every connection as `mode` says.
+async fn raw_server(mode: RawMode) -> (std::net::SocketAddr, Arc<Mutex<RawSeen>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(RawSeen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            record.lock().expect("lock").connections += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    // One request: its head, and its body if it has a content-length.
+                    let head_end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+                    let body_len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while got.len() < head_end + body_len {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let request: Vec<u8> = got.drain(..head_end + body_len).collect();
+                    record.lock().expect("lock").requests.push(request);
+                    let answer: &[u8] = match mode {
+                        RawMode::CloseHeader => {
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                        }
+                        RawMode::IdleClose => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        RawMode::Garbage => b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+                        RawMode::Chunked => {
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                              3;x=y\r\nabc\r\n4\r\ndefg\r\n0\r\nx-t: 1\r\n\r\n"
+                        }
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if !matches!(mode, RawMode::Chunked) {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_connection_close_gets_a_new_connection_per_request() {
+    let (addr, seen) = raw_server(RawMode::CloseHeader).await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.requests = Some(30);
+    a.connections = Some(2);
+    let r = run_one(a).await;
+    assert_eq!(r.status(200), 30, "{:?}", r.errors);
+    assert_eq!(r.error_total(), 0, "{:?}", r.errors);
+    assert_eq!(r.connections_opened, 30, "one connection per response");
+    assert_eq!(seen.lock().expect("lock").connections, 30);
+    assert_eq!(r.bytes_received, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closing_idle_kept_alive_connections_costs_no_error() {
+    let (addr, seen) = raw_server(RawMode::IdleClose).await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.requests = Some(40);
+    a.connections = Some(2);
+    let r = run_one(a).await;
+    // Each connection is closed by the server after one response, without saying so: the next
+    // request on it fails before any answer and is sent again on a new connection.
+    assert_eq!(r.status(200), 40, "{:?}", r.errors);
+    assert_eq!(r.error_total(), 0, "{:?}", r.errors);
+    assert_eq!(r.requests, 40);
+    let seen = seen.lock().expect("lock");
+    assert_eq!(r.connections_opened, seen.connections);
+    assert!(seen.connections >= 40, "{}", seen.connections);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_garbage_counts_protocol_errors() {
+    let (addr, _) = raw_server(RawMode::Garbage).await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.requests = Some(10);
+    a.connections = Some(2);
+    let r = run_one(a).await;
+    assert_eq!(r.requests, 10);
+    assert_eq!(r.errors.get("protocol"), Some(&10), "{:?}", r.errors);
+    assert_eq!(r.responses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_are_counted_on_a_kept_connection() {
+    let (addr, seen) = raw_server(RawMode::Chunked).await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.requests = Some(50);
+    a.connections = Some(1);
+    let r = run_one(a).await;
+    assert_eq!(r.status(200), 50, "{:?}", r.errors);
+    assert_eq!(r.bytes_received, 50 * 7, "body bytes after decoding");
+    assert_eq!(r.connections_opened, 1);
+    assert_eq!(seen.lock().expect("lock").connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_carries_method_headers_body_and_connection_close() {
+    let (addr, seen) = raw_server(RawMode::CloseHeader).await;
+    let dir = tempdir("loadtest-request");
+    let body = dir.join("body.json");
+    std::fs::write(&body, b"{\"k\":1}").expect("write body");
+    let mut a = args(&format!("http://{addr}/submit?x=1"));
+    a.method = "POST".into();
+    a.headers = vec!["X-Test: yes".into(), "Content-Length: 999".into()];
+    a.body = Some(format!("@{}", body.display()));
+    a.requests = Some(2);
+    a.connections = Some(1);
+    a.no_keepalive = true;
+    let r = run_one(a).await;
+    assert_eq!(r.status(200), 2, "{:?}", r.errors);
+    assert_eq!(r.bytes_sent, 14);
+    let seen = seen.lock().expect("lock");
+    let expected = format!(
+        "POST /submit?x=1 HTTP/1.1\r\nhost: {addr}\r\nuser-agent: levee-loadtest\r\n\
+         x-test: yes\r\ncontent-length: 7\r\nconnection: close\r\n\r\n{{\"k\":1}}"
+    );
+    for request in &seen.requests {
+        assert_eq!(String::from_utf8_lossy(request), expected);
+    }
+    assert_eq!(seen.requests.len(), 2);
+}

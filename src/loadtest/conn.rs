@@ -1,22 +1,18 @@
-//! Client connections: TCP connect from a chosen source address, the hyper HTTP/1.1 handshake,
-//! and one request with its response read to the end.
+//! Client connections: TCP connect from a chosen source address, the request serialized once per
+//! scenario, and one exchange per request over levee's own HTTP/1.1 client ([`super::http1`]).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use std::future::Future;
-use std::pin::Pin;
-
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::Method;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
+use super::http1::{self, ReadBuffer};
 use super::plan::{HttpPlan, Plan, SourceIps};
 use super::stats::{ErrorKind, Outcome};
 
@@ -51,80 +47,87 @@ impl Connector {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
-
-    /// An HTTP/1.1 connection. Its driver is polled by the worker that uses it (no task of its
-    /// own: no wake-up of another task per request).
-    pub async fn http1(&self) -> Result<Open, ErrorKind> {
-        let stream = self.tcp().await.map_err(|_| ErrorKind::Connect)?;
-        // Small requests: one flattened write is cheaper than a vectored one.
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ErrorKind::of_hyper(&e))?;
-        Ok(Open { sender, conn })
-    }
 }
 
-/// The request template of a scenario (cloned per request: the body is shared, not copied).
+/// A scenario's request, serialized once: request line, `Host`, `User-Agent`, the scenario's
+/// headers, `Content-Length` when there is a body, `Connection: close` without keep-alive, and
+/// the body. Every request sends these same bytes with one write.
 pub struct RequestTemplate {
-    plan: HttpPlan,
-    path: http::Uri,
-    headers: http::HeaderMap,
+    bytes: Bytes,
+    body_len: u64,
+    keepalive: bool,
+    /// A HEAD request: responses have no body whatever their headers say.
+    head: bool,
 }
 
 impl RequestTemplate {
     pub fn new(plan: &Plan, http: &HttpPlan) -> RequestTemplate {
-        let mut headers = http.headers.clone();
-        if !headers.contains_key(http::header::HOST) {
-            headers.insert(http::header::HOST, plan.target.host.clone());
+        use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, USER_AGENT};
+        let mut out = Vec::with_capacity(256 + http.body.len());
+        let path = plan
+            .target
+            .path
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        for part in [http.method.as_str(), " ", path, " HTTP/1.1\r\n"] {
+            out.extend_from_slice(part.as_bytes());
         }
-        if !headers.contains_key(http::header::USER_AGENT) {
-            headers.insert(
-                http::header::USER_AGENT,
-                http::HeaderValue::from_static("levee-loadtest"),
-            );
+        let mut header = |name: &[u8], value: &[u8]| {
+            for part in [name, b": ", value, b"\r\n"] {
+                out.extend_from_slice(part);
+            }
+        };
+        if !http.headers.contains_key(HOST) {
+            header(b"host", plan.target.host.as_bytes());
+        }
+        if !http.headers.contains_key(USER_AGENT) {
+            header(b"user-agent", b"levee-loadtest");
+        }
+        for (name, value) in &http.headers {
+            // The body is framed here (by its length); without keep-alive, `close` is sent.
+            let framing = name == CONTENT_LENGTH || name == TRANSFER_ENCODING;
+            if framing || (!http.keepalive && name == CONNECTION) {
+                continue;
+            }
+            header(name.as_str().as_bytes(), value.as_bytes());
+        }
+        let expects_body = matches!(http.method, Method::POST | Method::PUT | Method::PATCH);
+        if !http.body.is_empty() || expects_body {
+            header(b"content-length", http.body.len().to_string().as_bytes());
         }
         if !http.keepalive {
-            headers.insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
+            header(b"connection", b"close");
         }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&http.body);
         RequestTemplate {
-            plan: http.clone(),
-            path: plan.target.path.clone(),
-            headers,
+            bytes: Bytes::from(out),
+            body_len: http.body.len() as u64,
+            keepalive: http.keepalive,
+            head: http.method == Method::HEAD,
         }
     }
 
     pub fn keepalive(&self) -> bool {
-        self.plan.keepalive
+        self.keepalive
     }
 
     /// Bytes of request body sent per request.
     pub fn body_len(&self) -> u64 {
-        self.plan.body.len() as u64
+        self.body_len
     }
 
-    fn build(&self) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(self.plan.body.clone()));
-        *req.method_mut() = self.plan.method.clone();
-        *req.uri_mut() = self.path.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
+    /// The serialized request, as sent.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
-/// An open HTTP/1.1 connection: the request side and the connection driver.
-pub struct Open {
-    sender: SendRequest<Full<Bytes>>,
-    conn: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
-}
-
-/// A worker's connection slot: opened on demand, kept while keep-alive allows.
+/// A worker's connection slot: a connection opened on demand and kept while keep-alive allows,
+/// and the read buffer its connections share (allocated once per worker).
 pub struct Slot {
-    sender: Option<Open>,
+    stream: Option<TcpStream>,
+    buf: ReadBuffer,
     /// The request timeout, one timer per worker: moving it later for each request is an atomic
     /// store in tokio (no timer-wheel registration per request).
     timer: Pin<Box<Sleep>>,
@@ -134,30 +137,47 @@ impl Slot {
     /// A slot without a connection. Call it inside the runtime.
     pub fn new() -> Slot {
         Slot {
-            sender: None,
+            stream: None,
+            buf: ReadBuffer::new(),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+
+    /// Opens a connection now, within `timeout`, if the slot has none; whether one was opened.
+    /// A failure is not an error: the next request tries again and counts it.
+    pub async fn connect(&mut self, connector: &Connector, timeout: Duration) -> bool {
+        if self.stream.is_some() {
+            return false;
+        }
+        match tokio::time::timeout(timeout, connector.tcp()).await {
+            Ok(Ok(stream)) => {
+                self.buf.clear();
+                self.stream = Some(stream);
+                true
+            }
+            _ => false,
         }
     }
 
     /// Drops the connection (the next request opens a new one).
     pub fn close(&mut self) {
-        self.sender = None;
+        self.stream = None;
     }
 
     /// Sends one request (opening a connection first if needed) and reads the response to its
-    /// end, within `timeout`. `opened` is called when a new connection was opened.
+    /// end, within `timeout` from `now` (the caller's clock reading, taken just before).
+    /// `opened` is called for every new connection opened.
     pub async fn send(
         &mut self,
         connector: &Connector,
         template: &RequestTemplate,
         timeout: Duration,
-        opened: impl FnOnce(),
+        now: Instant,
+        opened: impl FnMut(),
     ) -> Outcome {
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + timeout);
+        self.timer.as_mut().reset(now + timeout);
         let result = {
-            let work = Slot::exchange(&mut self.sender, connector, template, opened);
+            let work = Slot::exchange(&mut self.stream, &mut self.buf, connector, template, opened);
             tokio::select! {
                 biased;
                 result = work => Some(result),
@@ -165,83 +185,57 @@ impl Slot {
             }
         };
         match result {
-            Some(Ok((status, bytes))) => {
-                if !template.keepalive() {
-                    self.sender = None;
+            Some(Ok(response)) => {
+                if !(response.reusable && template.keepalive()) {
+                    self.stream = None;
                 }
-                Outcome::Response { status, bytes }
+                Outcome::Response {
+                    status: response.status,
+                    bytes: response.body_bytes,
+                }
             }
             Some(Err(kind)) => {
-                self.sender = None;
+                self.stream = None;
                 Outcome::Error(kind)
             }
             None => {
-                self.sender = None;
+                self.stream = None;
                 Outcome::Error(ErrorKind::Timeout)
             }
         }
     }
 
+    /// One request and its response, on the kept connection or a new one. A kept connection the
+    /// server closed meanwhile fails before any response byte arrives: the request is then sent
+    /// once more on a new connection (only then, and only once).
     async fn exchange(
-        slot: &mut Option<Open>,
+        slot: &mut Option<TcpStream>,
+        buf: &mut ReadBuffer,
         connector: &Connector,
         template: &RequestTemplate,
-        opened: impl FnOnce(),
-    ) -> Result<(u16, u64), ErrorKind> {
-        // A kept connection the server closed meanwhile: notice it now (poll its driver once)
-        // rather than fail the request on it.
-        if let Some(open) = slot.as_mut() {
-            let ended = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(std::pin::Pin::new(&mut open.conn).poll(cx).is_ready())
-            })
-            .await;
-            if ended || open.sender.is_closed() {
-                *slot = None;
-            }
-        }
-        let open = match slot {
-            Some(open) => open,
-            None => {
-                let open = connector.http1().await?;
-                opened();
-                slot.insert(open)
-            }
-        };
-        let (result, ended) = {
-            let Open { sender, conn } = open;
-            let work = async {
-                sender.ready().await.map_err(|e| ErrorKind::of_hyper(&e))?;
-                let response = sender
-                    .send_request(template.build())
-                    .await
-                    .map_err(|e| ErrorKind::of_hyper(&e))?;
-                let status = response.status().as_u16();
-                let mut body = response.into_body();
-                let mut bytes = 0u64;
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| ErrorKind::of_hyper(&e))?;
-                    if let Some(data) = frame.data_ref() {
-                        bytes += data.len() as u64;
-                    }
+        mut opened: impl FnMut(),
+    ) -> Result<http1::Response, ErrorKind> {
+        let mut resent = false;
+        loop {
+            let reused = slot.is_some();
+            let stream = match slot {
+                Some(stream) => stream,
+                None => {
+                    let stream = connector.tcp().await.map_err(|_| ErrorKind::Connect)?;
+                    opened();
+                    buf.clear();
+                    slot.insert(stream)
                 }
-                Ok((status, bytes))
             };
-            tokio::pin!(work);
-            // Drive the connection and the request together; if the connection ends first, what it
-            // delivered may still complete the response.
-            tokio::select! {
-                biased;
-                result = &mut work => (result, false),
-                driven = conn => match driven {
-                    Ok(()) => (work.await, true),
-                    Err(e) => (work.await.map_err(|_| ErrorKind::of_hyper(&e)), true),
-                },
+            match http1::round_trip(stream, buf, template.bytes(), template.head).await {
+                Ok(response) => return Ok(response),
+                Err(failure) if failure.before_response && reused && !resent => {
+                    *slot = None;
+                    resent = true;
+                }
+                Err(failure) => return Err(failure.kind),
             }
-        };
-        if ended {
-            *slot = None;
         }
-        result
     }
 }
 

@@ -84,18 +84,18 @@ pub async fn run_http(
         recorder,
         stop,
     });
-    let start = Instant::now();
-    let (mut workers, open_run) = match &http.model {
-        Model::Closed { connections } => (
-            closed(shared.clone(), connections.clone(), start).await,
-            None,
-        ),
+    let (mut workers, open_run, start) = match &http.model {
+        Model::Closed { connections } => {
+            let start = Instant::now();
+            let workers = closed(shared.clone(), connections.clone(), start).await;
+            (workers, None, start)
+        }
         Model::Open {
             rate,
             max_connections,
         } => {
-            let (workers, run) = open(shared.clone(), rate, *max_connections as usize, start).await;
-            (workers, Some(run))
+            let (workers, run, start) = open(shared.clone(), rate, *max_connections as usize).await;
+            (workers, Some(run), start)
         }
     };
     let grace = match open_run {
@@ -197,8 +197,10 @@ async fn closed_worker(
 ) {
     let mut slot = Slot::new();
     let body_len = shared.template.body_len();
+    // One clock reading per request: the end of one request is the start of the next.
+    let mut now = Instant::now();
     loop {
-        if shared.stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
+        if shared.stop.is_stopped() || deadline.is_some_and(|d| now >= d) {
             return;
         }
         if id >= active.load(Ordering::Relaxed) {
@@ -210,6 +212,7 @@ async fn closed_worker(
                 _ = tokio::time::sleep_until(until) => return,
                 _ = shared.stop.wait() => return,
             }
+            now = Instant::now();
             continue;
         }
         if let Some(budget) = &budget
@@ -219,17 +222,19 @@ async fn closed_worker(
         {
             return;
         }
-        let sent = Instant::now();
+        let sent = now;
         let recorder = &shared.recorder;
         let outcome = slot
             .send(
                 &shared.connector,
                 &shared.template,
                 shared.plan.timeout,
+                sent,
                 || recorder.connection_opened(id),
             )
             .await;
-        let latency = sent.elapsed();
+        now = Instant::now();
+        let latency = now.saturating_duration_since(sent);
         recorder.record(id, latency, latency, outcome, body_len);
     }
 }
@@ -237,6 +242,10 @@ async fn closed_worker(
 /// How late a request may be sent (every connection busy at its intended time) before the
 /// pool of connections grows by one.
 const LATE: Duration = Duration::from_millis(2);
+
+/// Open model: a worker waiting longer than this for its request's intended time also watches
+/// for a stop; shorter waits only check the stop flag afterwards (cheaper per request).
+const STOP_CHECK: Duration = Duration::from_millis(20);
 
 /// Open model: requests due before the end of the run may still be sent this long after it
 /// (they are late, and their latency says so); those still waiting then count as unsent.
@@ -290,9 +299,15 @@ async fn open(
     shared: Arc<Shared>,
     rate: &Load,
     max_connections: usize,
-    start: Instant,
-) -> (JoinSet<()>, (Arc<Schedule>, f64)) {
+) -> (JoinSet<()>, (Arc<Schedule>, f64), Instant) {
     let plan = shared.plan.clone();
+    let max = max_connections.max(1);
+    // Enough connections for 10ms answers at the peak rate; more are added when needed.
+    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
+    // Those needed at the start are opened before the schedule starts.
+    let ready = ((rate.at(0.0) * 0.01).ceil() as usize).min(initial);
+    let mut slots = preconnect(&shared, ready).await;
+    let start = Instant::now();
     let schedule = Arc::new(Schedule {
         rate: rate.clone(),
         constant: match rate {
@@ -305,19 +320,17 @@ async fn open(
         sent: AtomicU64::new(0),
     });
     let deadline = plan.duration.map(|d| start + d);
-    let max = max_connections.max(1);
-    // Enough connections for 10ms answers at the peak rate; more are added when needed.
-    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
     let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
     let mut active = JoinSet::new();
     let mut count = 0;
     while count < initial {
+        let slot = slots.pop().unwrap_or_default();
         active.spawn(open_worker(
             count,
             shared.clone(),
             schedule.clone(),
-            start,
-            deadline,
+            (start, deadline),
+            slot,
             grow_tx.clone(),
         ));
         count += 1;
@@ -326,7 +339,15 @@ async fn open(
         tokio::select! {
             _ = grow_rx.recv() => {
                 if count < max {
-                    active.spawn(open_worker(count, shared.clone(), schedule.clone(), start, deadline, grow_tx.clone()));
+                    let worker = open_worker(
+                        count,
+                        shared.clone(),
+                        schedule.clone(),
+                        (start, deadline),
+                        Slot::new(),
+                        grow_tx.clone(),
+                    );
+                    active.spawn(worker);
                     count += 1;
                 }
             }
@@ -341,7 +362,36 @@ async fn open(
     } else {
         f64::INFINITY
     };
-    (active, (schedule, cutoff))
+    (active, (schedule, cutoff), start)
+}
+
+/// How long the open model waits for its first connections before starting anyway (those not
+/// open by then are opened by their first request, as usual).
+const PRECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens `n` connections at once before the open model's schedule starts, so that the first
+/// requests do not queue behind the whole pool's handshakes (their latency would show the
+/// generator's start-up, not the server). Connections that fail or take longer than
+/// [`PRECONNECT_WAIT`] are left to the first request, which then counts the error.
+async fn preconnect(shared: &Arc<Shared>, n: usize) -> Vec<Slot> {
+    let mut tasks = JoinSet::new();
+    for id in 0..n {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let mut slot = Slot::new();
+            if slot.connect(&shared.connector, PRECONNECT_WAIT).await {
+                shared.recorder.connection_opened(id);
+            }
+            slot
+        });
+    }
+    let mut slots = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(slot) = done {
+            slots.push(slot);
+        }
+    }
+    slots
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -356,13 +406,20 @@ async fn open_worker(
     id: usize,
     shared: Arc<Shared>,
     schedule: Arc<Schedule>,
-    start: Instant,
-    deadline: Option<Instant>,
+    (start, deadline): (Instant, Option<Instant>),
+    mut slot: Slot,
     grow: mpsc::Sender<()>,
 ) {
-    let mut slot = Slot::new();
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
+    // Made once per worker and polled again for every long wait: no watch subscription, no
+    // waiter registration and no new timer per request.
+    let stopped = shared.stop.wait();
+    tokio::pin!(stopped);
+    let pace = tokio::time::sleep_until(start);
+    tokio::pin!(pace);
+    // The end of one request is the clock reading the next one starts from.
+    let mut now = Instant::now();
     loop {
         if shared.stop.is_stopped() {
             return;
@@ -372,34 +429,47 @@ async fn open_worker(
             return;
         };
         let intended = start + Duration::from_secs_f64(t);
-        let now = Instant::now();
-        if intended > now {
-            tokio::select! {
-                _ = tokio::time::sleep_until(intended) => {}
-                _ = shared.stop.wait() => return,
+        let sent = if intended > now {
+            pace.as_mut().reset(intended);
+            if intended - now > STOP_CHECK {
+                tokio::select! {
+                    biased;
+                    _ = pace.as_mut() => {}
+                    _ = &mut stopped => return,
+                }
+            } else {
+                // A short wait (the usual one at high rates): the stop is seen right after it.
+                pace.as_mut().await;
+                if shared.stop.is_stopped() {
+                    return;
+                }
             }
+            Instant::now()
         } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
             // Long past the end of the run: this request was never sent (counted as unsent).
             return;
-        } else if now.saturating_duration_since(intended) > LATE {
-            // Every connection was busy when it was due: one more connection.
-            let _ = grow.try_send(());
-        }
+        } else {
+            if now.saturating_duration_since(intended) > LATE {
+                // Every connection was busy when it was due: one more connection.
+                let _ = grow.try_send(());
+            }
+            now
+        };
         schedule.sent.fetch_add(1, Ordering::SeqCst);
-        let sent = Instant::now();
         let outcome = slot
             .send(
                 &shared.connector,
                 &shared.template,
                 shared.plan.timeout,
+                sent,
                 || recorder.connection_opened(id),
             )
             .await;
-        let done = Instant::now();
+        now = Instant::now();
         recorder.record(
             id,
-            done.saturating_duration_since(intended),
-            done.saturating_duration_since(sent),
+            now.saturating_duration_since(intended),
+            now.saturating_duration_since(sent),
             outcome,
             body_len,
         );

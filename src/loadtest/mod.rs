@@ -1,7 +1,8 @@
 //! `levee loadtest`: a load generator built for regular load tests of a levee deployment.
 //!
 //! - [`engine`]: the closed and open models and their connection workers; [`slowloris`]: slow
-//!   connections; [`conn`]: TCP connections (from chosen source addresses) and requests.
+//!   connections; [`conn`]: TCP connections (from chosen source addresses) and requests;
+//!   [`http1`]: levee's own lean HTTP/1.1 client side (response parsing and body framing).
 //! - [`outcome`]: a request's outcome and error kinds; [`stats`]: per-shard HDR histograms and counters, the per-second timeline.
 //! - [`plan`]: the typed plan of a scenario, built from the command line or from a scenario file
 //!   ([`scenario`]).
@@ -12,6 +13,7 @@
 
 pub mod conn;
 pub mod engine;
+pub mod http1;
 pub mod outcome;
 pub mod plan;
 pub mod progress;

@@ -49,23 +49,6 @@ impl ErrorKind {
         self as usize
     }
 
-    /// Classifies a hyper error (response side).
-    pub fn of_hyper(e: &hyper::Error) -> ErrorKind {
-        if e.is_timeout() {
-            return ErrorKind::Timeout;
-        }
-        if let Some(kind) = io_kind(e) {
-            return kind;
-        }
-        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-            ErrorKind::Closed
-        } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-            ErrorKind::Protocol
-        } else {
-            ErrorKind::Other
-        }
-    }
-
     /// Classifies an I/O error met while talking to the server (not while connecting).
     pub fn of_io(e: &std::io::Error) -> ErrorKind {
         use std::io::ErrorKind as K;
@@ -76,18 +59,6 @@ impl ErrorKind {
             _ => ErrorKind::Other,
         }
     }
-}
-
-/// The kind of the first I/O error in an error's source chain, if any.
-fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
-    let mut source = e.source();
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(ErrorKind::of_io(io));
-        }
-        source = err.source();
-    }
-    None
 }
 
 /// What one request came to.
