@@ -12,7 +12,9 @@
 #   BENCH_CONNS=50         connections (levee -c, wrk -c, oha -c)
 #   BENCH_DURATION=10s     each measurement (a 2s warm-up with wrk precedes the first)
 #   BENCH_ROUNDS=3         closed-model rounds per tool, alternating the tools
-#   BENCH_OPEN_CONNS=512   open model: the most connections (levee's default)
+#   BENCH_OPEN_CONNS="64 512"  open model: the most connections, one row per value (512 is
+#                          levee's default; with 64 the backend is not slowed by cold
+#                          connections, so the row measures the generator's pacing)
 #   BENCH_WRITE=1          append the results to bench/RESULTS.md under "loadgen" (0: don't)
 #   BENCH_PIN=1            0: no CPU pinning; 1: backend on CPU BENCH_BACKEND_CPU, clients on
 #   BENCH_BACKEND_CPU=0       the next BENCH_THREADS CPUs from BENCH_CLIENT_CPU
@@ -27,7 +29,7 @@ cd "$ROOT"
 INVOCATION="bench/loadgen.sh${*:+ $*}"
 THREADS=${BENCH_THREADS:-1}
 ROUNDS=${BENCH_ROUNDS:-3}
-OPEN_CONNS=${BENCH_OPEN_CONNS:-512}
+OPEN_CONNS=${BENCH_OPEN_CONNS:-64 512}
 CONNS=${BENCH_CONNS:-50}
 DURATION=${BENCH_DURATION:-10s}
 WRITE=${BENCH_WRITE:-1}
@@ -222,25 +224,28 @@ RATIO_WRK_MED=$(python3 -c "print(f'{$LEVEE_MED / max($WRK_MED, 1):.2f}')")
 
 # ---------------------------------------------------------------- open model
 OPEN_ROWS=()
+for oc in $OPEN_CONNS; do
 for pct in 50 80; do
     rate=$(( MAX_RPS * pct / 100 ))
-    log "levee loadtest --rate $rate -c $OPEN_CONNS --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
-    measured "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$OPEN_CONNS" --threads "$THREADS" \
-        -d "$DURATION" -q --json "$TMP/levee-open-$pct.json" >"$TMP/levee-open-$pct.txt"
-    row=$(python3 - "$TMP/levee-open-$pct.json" "$rate" "$pct" "$CLIENT_CPU_S" "$BACKEND_BUSY" <<'PY'
+    log "levee loadtest --rate $rate -c $oc --threads $THREADS -d $DURATION ($pct% of $MAX_RPS)"
+    measured "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" --rate "$rate" -c "$oc" --threads "$THREADS" \
+        -d "$DURATION" -q --json "$TMP/levee-open-$oc-$pct.json" >"$TMP/levee-open-$oc-$pct.txt"
+    row=$(python3 - "$TMP/levee-open-$oc-$pct.json" "$rate" "$pct" "$CLIENT_CPU_S" "$BACKEND_BUSY" "$oc" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); s = d["scenarios"][0]
-rate, pct = float(sys.argv[2]), sys.argv[3]
+rate, pct = float(sys.argv[2]), f"{sys.argv[6]} | {sys.argv[3]}"
+opened = s["connections_opened"]
 cpu_us = float(sys.argv[4]) / max(s["requests"], 1) * 1e6
 # Achieved rate: responses over the scenario's real duration (first send to last response);
 # a generator that falls behind its schedule stretches it, and unsent requests are failures.
 achieved = s["responses"] / s["duration_s"]
 err = (achieved - rate) / rate * 100
 print(f"| {pct}% | {rate:.0f} | {achieved:.1f} | {err:+.2f}% | {s['latency']['p99_ms']:.3f} | "
-      f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} | {cpu_us:.2f} | {sys.argv[5]}% |")
+      f"{s['latency_uncorrected']['p99_ms']:.3f} | {s['failures']} | {opened} | {cpu_us:.2f} | {sys.argv[5]}% |")
 PY
 )
     OPEN_ROWS+=("$row")
+done
 done
 
 # ---------------------------------------------------------------- report
@@ -275,12 +280,14 @@ tools' requests/s then say little about the tools, and their CPU per request say
 levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
 rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
 
-Open model (\`levee loadtest $URL --rate R -c $OPEN_CONNS --threads $THREADS -d $DURATION\`), R a
-share of the highest closed-model rate ($MAX_RPS/s); achieved = responses / the run's real
-duration (first send to last response):
+Open model (\`levee loadtest $URL --rate R -c C --threads $THREADS -d $DURATION\`, C the most
+connections: $OPEN_CONNS), R a share of the highest closed-model rate ($MAX_RPS/s); achieved =
+responses / the run's real duration (first send to last response); "opened": connections the
+run opened (it starts with about 1 ms worth of the rate and adds one when a request is claimed
+late, up to C):
 
-| share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures | client CPU µs/request | backend CPU busy |
-|---|---|---|---|---|---|---|---|---|
+| -c | share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures | opened | client CPU µs/request | backend CPU busy |
+|---|---|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${OPEN_ROWS[@]}")
 EOF
 )
