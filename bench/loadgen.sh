@@ -283,8 +283,8 @@ rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
 Open model (\`levee loadtest $URL --rate R -c C --threads $THREADS -d $DURATION\`, C the most
 connections: $OPEN_CONNS), R a share of the highest closed-model rate ($MAX_RPS/s); achieved =
 responses / the run's real duration (first send to last response); "opened": connections the
-run opened (it starts with about 1 ms worth of the rate and adds one when a request is claimed
-late, up to C):
+run opened (it starts with about 10 ms worth of the rate and adds one when a request is
+claimed late, up to C):
 
 | -c | share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures | opened | client CPU µs/request | backend CPU busy |
 |---|---|---|---|---|---|---|---|---|---|---|

@@ -593,34 +593,3 @@ async fn the_request_carries_method_headers_body_and_connection_close() {
     }
     assert_eq!(seen.requests.len(), 2);
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_open_model_keeps_few_warm_connections_and_adds_them_when_answers_are_slow() {
-    // A fast server: 5,000 requests/s of ~1 ms answers need a handful of connections in
-    // flight; opening hundreds (the cap is 512) would leave each idle and cold between requests.
-    let b = fast_backend().await;
-    let mut a = args(&format!("http://{}/", b.addr()));
-    a.rate = Some(5000.0);
-    a.duration = Some(Duration::from_secs(2));
-    let r = run_one(a).await;
-    assert_eq!(r.requests, 10_000);
-    assert!(r.success_rate > 99.0, "{}", r.success_rate);
-    assert!(
-        r.connections_opened <= 48,
-        "a fast server got {} connections",
-        r.connections_opened
-    );
-    // A slow server: 200 requests/s of 100 ms answers keep ~20 in flight (Little's law): the run
-    // opens what it needs and every request is still sent on time.
-    let mut a = args(&format!("http://{}/?sleep=100ms", b.addr()));
-    a.rate = Some(200.0);
-    a.duration = Some(Duration::from_secs(2));
-    let r = run_one(a).await;
-    assert_eq!(r.requests, 400);
-    assert_eq!(r.status(200), 400, "{:?}", r.errors);
-    assert!(
-        r.connections_opened >= 20,
-        "100 ms answers at 200/s need at least 20 connections, got {}",
-        r.connections_opened
-    );
-}

@@ -263,30 +263,9 @@ struct Schedule {
     next: AtomicU64,
     /// Requests really sent.
     sent: AtomicU64,
-    /// A moving average of the response time (µs, from the send), updated by the workers.
-    latency_us: AtomicU64,
 }
 
 impl Schedule {
-    /// Connections the rate needs at `t` with the answers as slow as they are now (Little's
-    /// law, twice over, plus 4): a request claimed late only opens another connection below
-    /// this. When the server itself is the limit its answers slow down and this grows; when
-    /// lateness comes from timer and scheduling jitter it does not, so the connections stay
-    /// few, busy and warm.
-    fn connections_needed(&self, t: f64) -> usize {
-        let latency = self.latency_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (self.rate.at(t) * latency * 2.0).ceil() as usize + 4
-    }
-
-    /// Folds one response time into the moving average (1/32 weight; racy updates only blur
-    /// it, which is fine for a sizing hint).
-    fn observe_latency(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = old - old / 32 + us / 32;
-        self.latency_us.store(new, Ordering::Relaxed);
-    }
-
     /// When request `n` is due (seconds from the start); `None` past the end of the run.
     fn time_of(&self, n: u64) -> Option<f64> {
         if self.limit.is_some_and(|l| n >= l) {
@@ -323,15 +302,10 @@ async fn open(
 ) -> (JoinSet<()>, (Arc<Schedule>, f64), Instant) {
     let plan = shared.plan.clone();
     let max = max_connections.max(1);
-    // Enough connections for 1 ms answers at the peak rate (at least 4); more are added as soon
-    // as requests are claimed late. Few, busy connections stay warm in the caches of both ends:
-    // with 512 connections for 68k requests/s (each idle 7 ms between requests) the server
-    // needed 25% more CPU per request and the rate fell 3.6% short; with 64, 0.2%.
-    let initial = ((rate.max() * 0.001).ceil() as usize)
-        .clamp(4, max.max(4))
-        .min(max);
+    // Enough connections for 10ms answers at the peak rate; more are added when needed.
+    let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
     // Those needed at the start are opened before the schedule starts.
-    let ready = ((rate.at(0.0) * 0.001).ceil() as usize).clamp(1, initial);
+    let ready = ((rate.at(0.0) * 0.01).ceil() as usize).min(initial);
     let mut slots = preconnect(&shared, ready).await;
     let start = Instant::now();
     let schedule = Arc::new(Schedule {
@@ -344,7 +318,6 @@ async fn open(
         limit: plan.requests,
         next: AtomicU64::new(0),
         sent: AtomicU64::new(0),
-        latency_us: AtomicU64::new(1000),
     });
     let deadline = plan.duration.map(|d| start + d);
     let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
@@ -365,7 +338,7 @@ async fn open(
     loop {
         tokio::select! {
             _ = grow_rx.recv() => {
-                if count < max && count < schedule.connections_needed(start.elapsed().as_secs_f64()) {
+                if count < max {
                     let worker = open_worker(
                         count,
                         shared.clone(),
@@ -493,7 +466,6 @@ async fn open_worker(
             )
             .await;
         now = Instant::now();
-        schedule.observe_latency(now.saturating_duration_since(sent));
         recorder.record(
             id,
             now.saturating_duration_since(intended),
