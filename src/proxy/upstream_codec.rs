@@ -598,4 +598,55 @@ mod tests {
         assert_eq!(dechunk(b"2\r\nabX\r\n", 64), Err(Invalid::Chunked));
         assert_eq!(dechunk(&[b'1'; 5000], 64), Err(Invalid::Chunked));
     }
+
+    /// Mutations of valid responses (bytes flipped, cut, duplicated, garbage inserted): the
+    /// parser and the chunked decoder must answer every one with a head, "partial" or an
+    /// error, never a panic, and a decoder never yields more bytes than it was fed.
+    #[test]
+    fn mutated_responses_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\nConnection: keep-alive, x\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\nConnection: close\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x1e7ee);
+        for round in 0..20_000 {
+            let mut m = seeds[round % seeds.len()].to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..=m.len());
+                match rng.u8(..5) {
+                    0 if at < m.len() => m[at] = rng.u8(..),
+                    1 => m.truncate(at),
+                    2 => m.insert(
+                        at,
+                        *b"\r\n:; 0aF\x00\xff".get(rng.usize(..12)).unwrap_or(&b'x'),
+                    ),
+                    3 if at < m.len() => {
+                        let end = (at + rng.usize(1..16)).min(m.len());
+                        let piece = m[at..end].to_vec();
+                        m.splice(at..at, piece);
+                    }
+                    _ => {}
+                }
+            }
+            let method = if round % 7 == 0 {
+                Method::HEAD
+            } else {
+                Method::GET
+            };
+            let _ = parse_head(&m, &method);
+            let fed = m.len();
+            let mut d = ChunkedDecoder::default();
+            let mut buf = BytesMut::from(&m[..]);
+            let mut out = 0;
+            for _ in 0..64 {
+                match d.decode(&mut buf) {
+                    Ok(Chunk::Data(b)) => out += b.len(),
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            assert!(out <= fed);
+        }
+    }
 }
