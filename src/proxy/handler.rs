@@ -285,7 +285,8 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
     h.finish()
 }
 
-fn idempotent(m: &Method) -> bool {
+/// Methods that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

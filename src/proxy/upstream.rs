@@ -197,15 +197,7 @@ pub async fn send(
 ) -> Result<Response<UpBody>, UpstreamError> {
     // A request the server may have received is only sent again when it is idempotent; one
     // that could not even be written is always safe to send again.
-    let idempotent = matches!(
-        parts.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::TRACE
-    );
+    let idempotent = super::handler::idempotent(&parts.method);
     let replayable = !matches!(body, ReqBody::Stream { .. });
     let reused = server.conns.take(crate::clock::now_ms());
     let was_reused = reused.is_some();
