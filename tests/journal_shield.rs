@@ -29,6 +29,7 @@ async fn a_real_flood_is_journaled_and_drafted_with_its_subnet_and_bans() {
         let url = format!("http://{}/", l.addr);
         let ok = Arc::new(AtomicU64::new(0));
         let limited = Arc::new(AtomicU64::new(0));
+        let stalled = Arc::new(AtomicU64::new(0));
         // A quiet baseline, then a flood from 127.0.15.0/24.
         let quiet = client_from(Some(ip("127.0.14.1")));
         for _ in 0..30 {
@@ -41,11 +42,20 @@ async fn a_real_flood_is_journaled_and_drafted_with_its_subnet_and_bans() {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for k in 1..=30u8 {
-            let (url, ok, limited) = (url.clone(), ok.clone(), limited.clone());
+            let (url, ok, limited, stalled) = (url.clone(), ok.clone(), limited.clone(), stalled.clone());
             tasks.push(tokio::spawn(async move {
                 let c = client_from(Some(ip(&format!("127.0.15.{k}"))));
                 while started.elapsed() < Duration::from_secs(4) {
-                    match get(&c, &format!("{url}flood")).await {
+                    // A request that gets no answer within 2 s (seen around the moment its
+                    // address is banned, at this session's start too: see the closing note of
+                    // 2026-12-01) is given up like a refused one, so the flood ends on time.
+                    let Ok(answer) =
+                        tokio::time::timeout(Duration::from_secs(2), get(&c, &format!("{url}flood"))).await
+                    else {
+                        stalled.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    match answer {
                         Ok(a) if a.status == 200 => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -63,7 +73,7 @@ async fn a_real_flood_is_journaled_and_drafted_with_its_subnet_and_bans() {
         for t in tasks {
             t.await.unwrap();
         }
-        eprintln!("flood over: {} ok, {} limited", ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed));
+        eprintln!("flood over: {} ok, {} limited, {} stalled", ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed), stalled.load(Ordering::Relaxed));
         let mut kinds = std::collections::BTreeMap::new();
         while let Ok(e) = bus.try_recv() {
             *kinds.entry(e.kind.as_str()).or_insert(0) += 1;
