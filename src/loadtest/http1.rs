@@ -8,6 +8,9 @@ use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::stats::ErrorKind;
+use crate::proxy::upstream_codec::{
+    connection_tokens, content_length_value, last_coding_is_chunked,
+};
 
 /// The largest response head accepted (status line and headers, interim responses included);
 /// anything longer is a protocol error.
@@ -156,25 +159,6 @@ fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
     name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
 }
 
-/// The `close` and `keep-alive` tokens of a `Connection` header value.
-fn connection_tokens(value: &[u8]) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
-    for token in value.split(|b| *b == b',') {
-        let token = token.trim_ascii();
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    (close, keep_alive)
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let v = value.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
 /// Parses a response head at the start of `data`: `Ok(None)` while it is incomplete.
 fn parse_head(data: &[u8], head_request: bool) -> Result<Option<Head>, ErrorKind> {
     // Left uninitialized: httparse writes the headers it finds (no 4 KiB to clear per response).
@@ -196,7 +180,7 @@ fn parse_head(data: &[u8], head_request: bool) -> Result<Option<Head>, ErrorKind
     for h in response.headers.iter() {
         let name = h.name.as_bytes();
         if eq_lower(name, b"content-length") {
-            let n = parse_length(h.value).ok_or(ErrorKind::Protocol)?;
+            let n = content_length_value(h.value).ok_or(ErrorKind::Protocol)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ErrorKind::Protocol);
             }
@@ -204,11 +188,7 @@ fn parse_head(data: &[u8], head_request: bool) -> Result<Option<Head>, ErrorKind
         } else if eq_lower(name, b"transfer-encoding") {
             // Chunked only if it is the last coding; any other ends with the connection.
             transfer_encoding = true;
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = last_coding_is_chunked(h.value);
         } else if eq_lower(name, b"connection") {
             let (c, k) = connection_tokens(h.value);
             close |= c;

@@ -208,7 +208,7 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + h.value.len()))
             .map_err(|_| Invalid::Head)?;
         if name == header::CONTENT_LENGTH {
-            let n = parse_content_length(h.value)?;
+            let n = content_length_value(h.value).ok_or(Invalid::ContentLength)?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(Invalid::ContentLength);
             }
@@ -216,20 +216,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
             // Chunked must be the last coding; anything else is read until the close.
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = last_coding_is_chunked(h.value);
         } else if name == header::CONNECTION {
-            for token in h.value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                }
-            }
+            let (c, k) = connection_tokens(h.value);
+            close |= c;
+            keep_alive_token |= k;
         }
         headers.append(name, value);
     }
@@ -277,12 +268,32 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
     ))
 }
 
-fn parse_content_length(v: &[u8]) -> Result<u64, Invalid> {
+/// A Content-Length value: digits only (no sign, no list), at most 19 of them.
+pub fn content_length_value(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(Invalid::ContentLength);
+        return None;
     }
-    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether a Transfer-Encoding value ends with `chunked` (the only coding that delimits a body;
+/// any other is read until the connection closes).
+pub fn last_coding_is_chunked(v: &[u8]) -> bool {
+    v.rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The `close` and `keep-alive` tokens of a Connection value.
+pub fn connection_tokens(v: &[u8]) -> (bool, bool) {
+    let (mut close, mut keep_alive) = (false, false);
+    for token in v.split(|b| *b == b',') {
+        let t = token.trim_ascii();
+        close |= t.eq_ignore_ascii_case(b"close");
+        keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+    }
+    (close, keep_alive)
 }
 
 /// The longest chunk-size line (with extensions) or trailer line accepted.
