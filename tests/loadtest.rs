@@ -593,3 +593,91 @@ async fn the_request_carries_method_headers_body_and_connection_close() {
     }
     assert_eq!(seen.requests.len(), 2);
 }
+
+/// A keep-alive server answering every request at once, except during its first `stall` (from
+/// its first request), when answers wait until the stall is over. Records, for every request, the
+/// connection it came on and when it was answered.
+async fn stalling_server(
+    stall: Duration,
+) -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<(usize, std::time::Instant)>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let first = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    tokio::spawn(async move {
+        let mut id = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            id += 1;
+            let (record, first) = (record.clone(), first.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..i + 4);
+                    }
+                    let t0 = *first.get_or_init(tokio::time::Instant::now);
+                    tokio::time::sleep_until(t0 + stall).await;
+                    record
+                        .lock()
+                        .expect("lock")
+                        .push((id, std::time::Instant::now()));
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_keeps_few_connections_busy_after_a_stall_grew_the_pool() {
+    // 300 ms of stall at 1,000 requests/s: every connection is busy, the pool grows to its cap
+    // of 64. After the stall a request takes well under a millisecond, so a couple of connections
+    // are enough: the next request goes to the connection freed last, and the others stay idle
+    // (a server pays more per request when the same load is spread over many connections).
+    let (addr, seen) = stalling_server(Duration::from_millis(300)).await;
+    let mut a = args(&format!("http://{addr}/"));
+    a.rate = Some(1000.0);
+    a.connections = Some(64);
+    a.duration = Some(Duration::from_secs(2));
+    let r = run_one(a).await;
+    assert_eq!(r.error_total(), 0, "{:?}", r.errors);
+    assert!(r.connections_opened >= 48, "{}", r.connections_opened);
+    let seen = seen.lock().expect("lock");
+    let (_, first) = seen[0];
+    let late: Vec<usize> = seen
+        .iter()
+        // The first answer comes at the end of the stall (0.3 s): these are the last 0.8 s.
+        .filter(|(_, at)| at.duration_since(first) > Duration::from_millis(900))
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        late.len() > 500,
+        "{} requests in the last 0.8 s",
+        late.len()
+    );
+    let used: HashSet<usize> = late.iter().copied().collect();
+    assert!(
+        used.len() <= 16,
+        "{} connections of {} used for the last {} requests",
+        used.len(),
+        r.connections_opened,
+        late.len()
+    );
+}

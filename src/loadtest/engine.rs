@@ -2,17 +2,17 @@
 //! previous one is answered) and open (requests sent at a rate, whatever the answers).
 //!
 //! The open model never hides queueing: request `n`'s intended send time comes from the rate
-//! alone, and the next idle connection worker (at most `max_connections`) claims it. When none is
-//! free the request waits, and its latency is counted from the intended time, as wrk2 does
-//! (coordinated omission corrected); the uncorrected latency, from the actual send, is recorded
-//! beside it. No dispatcher task and no channel per request: a shared counter hands out the
-//! requests.
+//! alone. At that time a dispatcher hands it to the idle connection worker that finished last (at
+//! most `max_connections` of them). When none is free the request waits, and its latency is
+//! counted from the intended time, as wrk2 does (coordinated omission corrected); the uncorrected
+//! latency, from the actual send, is recorded beside it. No channel per request: an atomic slot
+//! and a wake-up per request, and one timer per batch of requests due at once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -243,10 +243,6 @@ async fn closed_worker(
 /// pool of connections grows by one.
 const LATE: Duration = Duration::from_millis(2);
 
-/// Open model: a worker waiting longer than this for its request's intended time also watches
-/// for a stop; shorter waits only check the stop flag afterwards (cheaper per request).
-const STOP_CHECK: Duration = Duration::from_millis(20);
-
 /// Open model: requests due before the end of the run may still be sent this long after it
 /// (they are late, and their latency says so); those still waiting then count as unsent.
 const LATE_SEND_GRACE: Duration = Duration::from_secs(1);
@@ -259,8 +255,6 @@ struct Schedule {
     /// End of the run in seconds, if it has one.
     end: Option<f64>,
     limit: Option<u64>,
-    /// The next request no worker has claimed yet.
-    next: AtomicU64,
     /// Requests really sent.
     sent: AtomicU64,
 }
@@ -290,11 +284,77 @@ impl Schedule {
     }
 }
 
-/// The open model: request `n` is due at its intended time, computed from the rate alone. Each
-/// idle connection worker claims the next request (so any free connection takes it), waits for
-/// its time, sends it and records its latency from the intended time. When a request is claimed
-/// late (every connection was busy when it was due), one more worker is started, up to
-/// `max_connections`. Requests still unsent when the run ends count as `unsent` errors.
+/// No request handed to an open-model worker.
+const NO_REQUEST: u64 = u64::MAX;
+/// Handed to an open-model worker: nothing more to send, end.
+const END: u64 = u64::MAX - 1;
+
+/// An open-model worker as the dispatcher sees it: where its next request is handed over.
+struct Hand {
+    /// The request handed over (its number in the schedule), [`NO_REQUEST`] or [`END`].
+    request: AtomicU64,
+    wake: Notify,
+}
+
+/// The open model's idle workers, the one that finished last on top: each request goes to the
+/// connection used last, so only as many connections as the load needs stay busy and the rest
+/// sit idle (a server spends more per request when the same load is spread thin over many
+/// connections).
+#[derive(Default)]
+struct Idle {
+    /// The idle workers, and whether the dispatch is over (then none may wait any more).
+    stack: Mutex<(Vec<Arc<Hand>>, bool)>,
+    /// Set while the dispatcher waits for an idle worker.
+    awaited: AtomicBool,
+    freed: Notify,
+}
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Arc<Hand>>, bool)> {
+        self.stack
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A worker is idle; `false` once the dispatch is over (the worker ends).
+    fn push(&self, hand: &Arc<Hand>) -> bool {
+        {
+            let mut idle = self.lock();
+            if idle.1 {
+                return false;
+            }
+            idle.0.push(hand.clone());
+        }
+        if self.awaited.load(Ordering::SeqCst) {
+            self.freed.notify_one();
+        }
+        true
+    }
+
+    fn pop(&self) -> Option<Arc<Hand>> {
+        self.lock().0.pop()
+    }
+
+    /// The dispatch is over: every idle worker ends, and the busy ones when done.
+    fn end_all(&self) {
+        let idle = {
+            let mut idle = self.lock();
+            idle.1 = true;
+            std::mem::take(&mut idle.0)
+        };
+        for hand in idle {
+            hand.request.store(END, Ordering::SeqCst);
+            hand.wake.notify_one();
+        }
+    }
+}
+
+/// The open model: request `n` is due at its intended time, computed from the rate alone. This
+/// task is the dispatcher: at each request's time it hands it to the idle worker that finished
+/// last, which sends it at once and records its latency from the intended time. When no worker
+/// is idle the request waits (and its latency says so); when it waited more than [`LATE`], one
+/// more worker (a connection) is started, up to `max_connections`. Requests still unsent when
+/// the run ends count as `unsent` errors.
 async fn open(
     shared: Arc<Shared>,
     rate: &Load,
@@ -316,53 +376,96 @@ async fn open(
         },
         end: plan.duration.map(|d| d.as_secs_f64()),
         limit: plan.requests,
-        next: AtomicU64::new(0),
         sent: AtomicU64::new(0),
     });
     let deadline = plan.duration.map(|d| start + d);
-    let (grow_tx, mut grow_rx) = mpsc::channel::<()>(max);
-    let mut active = JoinSet::new();
+    let idle = Arc::new(Idle::default());
+    let mut workers = JoinSet::new();
     let mut count = 0;
-    while count < initial {
-        let slot = slots.pop().unwrap_or_default();
-        active.spawn(open_worker(
-            count,
+    let spawn = |workers: &mut JoinSet<()>, count: &mut usize, slot: Slot| {
+        let hand = Arc::new(Hand {
+            request: AtomicU64::new(NO_REQUEST),
+            wake: Notify::new(),
+        });
+        workers.spawn(open_worker(
+            *count,
             shared.clone(),
             schedule.clone(),
-            (start, deadline),
+            start,
+            idle.clone(),
+            hand,
             slot,
-            grow_tx.clone(),
         ));
-        count += 1;
+        *count += 1;
+    };
+    for _ in 0..initial {
+        spawn(&mut workers, &mut count, slots.pop().unwrap_or_default());
     }
-    loop {
-        tokio::select! {
-            _ = grow_rx.recv() => {
-                if count < max {
-                    let worker = open_worker(
-                        count,
-                        shared.clone(),
-                        schedule.clone(),
-                        (start, deadline),
-                        Slot::new(),
-                        grow_tx.clone(),
-                    );
-                    active.spawn(worker);
-                    count += 1;
-                }
+    let pace = tokio::time::sleep_until(start);
+    tokio::pin!(pace);
+    let stopped = shared.stop.wait();
+    tokio::pin!(stopped);
+    let mut n = 0;
+    'dispatch: while let Some(t) = schedule.time_of(n) {
+        let intended = start + Duration::from_secs_f64(t);
+        let mut now = Instant::now();
+        if intended > now {
+            pace.as_mut().reset(intended);
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break 'dispatch,
+                _ = pace.as_mut() => {}
             }
-            done = active.join_next() => if done.is_none() { break },
-            _ = sleep_until_opt(deadline) => break,
-            _ = shared.stop.wait() => break,
+            now = Instant::now();
         }
+        let hand = loop {
+            if let Some(hand) = idle.pop() {
+                break hand;
+            }
+            // Every worker is busy: the request waits, and the pool grows once it is late.
+            if now.saturating_duration_since(intended) > LATE && count < max {
+                spawn(&mut workers, &mut count, Slot::new());
+            }
+            idle.awaited.store(true, Ordering::SeqCst);
+            if let Some(hand) = idle.pop() {
+                idle.awaited.store(false, Ordering::SeqCst);
+                break hand;
+            }
+            let give_up = deadline.map(|d| d + LATE_SEND_GRACE);
+            let wait_late = async {
+                match give_up {
+                    // A late request waits until the pool grows again, or the end of the grace.
+                    Some(g) => tokio::time::sleep_until(g.min(now + LATE)).await,
+                    None => tokio::time::sleep_until(now + LATE).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break 'dispatch,
+                _ = idle.freed.notified() => {}
+                _ = wait_late => {}
+            }
+            idle.awaited.store(false, Ordering::SeqCst);
+            now = Instant::now();
+            if give_up.is_some_and(|g| now >= g) {
+                // Long past the end of the run: the rest were never sent (counted as unsent).
+                break 'dispatch;
+            }
+        };
+        schedule.sent.fetch_add(1, Ordering::SeqCst);
+        hand.request.store(n, Ordering::SeqCst);
+        hand.wake.notify_one();
+        n += 1;
     }
+    // Nothing more to hand over: idle workers end now, busy ones after their request.
+    idle.end_all();
     // Requests due up to here (the end, or the stop) are counted once the workers are done.
     let cutoff = if shared.stop.is_stopped() {
         start.elapsed().as_secs_f64()
     } else {
         f64::INFINITY
     };
-    (active, (schedule, cutoff), start)
+    (workers, (schedule, cutoff), start)
 }
 
 /// How long the open model waits for its first connections before starting anyway (those not
@@ -394,68 +497,41 @@ async fn preconnect(shared: &Arc<Shared>, n: usize) -> Vec<Slot> {
     slots
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn open_worker(
     id: usize,
     shared: Arc<Shared>,
     schedule: Arc<Schedule>,
-    (start, deadline): (Instant, Option<Instant>),
+    start: Instant,
+    idle: Arc<Idle>,
+    hand: Arc<Hand>,
     mut slot: Slot,
-    grow: mpsc::Sender<()>,
 ) {
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
-    // Made once per worker and polled again for every long wait: no watch subscription, no
-    // waiter registration and no new timer per request.
+    // Made once per worker and polled again for every wait: no watch subscription per request.
     let stopped = shared.stop.wait();
     tokio::pin!(stopped);
-    let pace = tokio::time::sleep_until(start);
-    tokio::pin!(pace);
-    // The end of one request is the clock reading the next one starts from.
-    let mut now = Instant::now();
     loop {
-        if shared.stop.is_stopped() {
+        if shared.stop.is_stopped() || !idle.push(&hand) {
             return;
         }
-        let n = schedule.next.fetch_add(1, Ordering::Relaxed);
+        let n = loop {
+            tokio::select! {
+                biased;
+                _ = hand.wake.notified() => {}
+                _ = &mut stopped => return,
+            }
+            match hand.request.swap(NO_REQUEST, Ordering::SeqCst) {
+                NO_REQUEST => continue,
+                END => return,
+                n => break n,
+            }
+        };
         let Some(t) = schedule.time_of(n) else {
             return;
         };
         let intended = start + Duration::from_secs_f64(t);
-        let sent = if intended > now {
-            pace.as_mut().reset(intended);
-            if intended - now > STOP_CHECK {
-                tokio::select! {
-                    biased;
-                    _ = pace.as_mut() => {}
-                    _ = &mut stopped => return,
-                }
-            } else {
-                // A short wait (the usual one at high rates): the stop is seen right after it.
-                pace.as_mut().await;
-                if shared.stop.is_stopped() {
-                    return;
-                }
-            }
-            Instant::now()
-        } else if deadline.is_some_and(|d| now >= d + LATE_SEND_GRACE) {
-            // Long past the end of the run: this request was never sent (counted as unsent).
-            return;
-        } else {
-            if now.saturating_duration_since(intended) > LATE {
-                // Every connection was busy when it was due: one more connection.
-                let _ = grow.try_send(());
-            }
-            now
-        };
-        schedule.sent.fetch_add(1, Ordering::SeqCst);
+        let sent = Instant::now();
         let outcome = slot
             .send(
                 &shared.connector,
@@ -465,7 +541,7 @@ async fn open_worker(
                 || recorder.connection_opened(id),
             )
             .await;
-        now = Instant::now();
+        let now = Instant::now();
         recorder.record(
             id,
             now.saturating_duration_since(intended),
