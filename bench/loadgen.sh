@@ -165,13 +165,20 @@ backend_ticks() {
     [[ -n $BACKEND_WORKER && -r /proc/$BACKEND_WORKER/stat ]] || { echo 0; return; }
     awk '{ print $14 + $15 }' "/proc/$BACKEND_WORKER/stat"
 }
+# CPU time the hypervisor gave to other guests ("steal"), and all CPU time, in ticks.
+steal_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
+STEALS=()
 # measured CMD...: runs CMD; sets CLIENT_CPU_S (its user+sys seconds, from bash's `times` in a
-# subshell) and BACKEND_BUSY (the backend's CPU share in % over DURATION_S).
+# subshell) and BACKEND_BUSY (the backend's CPU share in % over DURATION_S); appends the
+# machine's steal share over the run to STEALS.
 measured() {
-    local t0 t1
+    local t0 t1 s0 s1
     t0=$(backend_ticks)
+    s0=$(steal_ticks)
     ( "$@"; times >"$TMP/times" )
     t1=$(backend_ticks)
+    s1=$(steal_ticks)
+    STEALS+=("$(python3 -c "a, b = map(int, '$s0'.split()); c, d = map(int, '$s1'.split()); print(round((c - a) / max(d - b, 1) * 100))")%")
     CLIENT_CPU_S=$(awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }; printf "%.3f", n }' "$TMP/times")
     BACKEND_BUSY=$(python3 -c "print(round(($t1 - $t0) / $CLK_TCK / $DURATION_S * 100))")
 }
@@ -301,6 +308,10 @@ the one freed last taking the next request):
 | -c | share | requested/s | achieved/s | error | p99 ms (corrected) | p99 ms (uncorrected) | failures | opened | client CPU µs/request | backend CPU busy |
 |---|---|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${OPEN_ROWS[@]}")
+
+CPU steal (time the hypervisor gave to other guests, share of this machine's CPU time) during
+each measurement, in order (closed rounds: levee, wrk, oha per round; then the open rows):
+${STEALS[*]}. Steal above a few % means the machine itself was slower during that measurement.
 EOF
 )
 printf '%s\n' "$REPORT"
