@@ -334,3 +334,38 @@ async fn servers_breaking_the_protocol_get_502_for_that_request_only() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_stop_at_levee() {
+    bounded(Duration::from_secs(30), async {
+        let (addr, _) = scripted(
+            |_, _| {
+                Act::Answer(
+                    b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+                      X-Hop: internal\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\n\
+                      X-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+                )
+            },
+            None,
+        )
+        .await;
+        let l = levee_for(addr).await;
+        // A raw client, so that nothing between levee and the assertion drops headers.
+        let mut s = TcpStream::connect(l.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("\r\nx-kept: yes\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+        for hop in ["keep-alive:", "x-hop:", "upgrade:", "proxy-connection:"] {
+            assert!(!text.contains(hop), "{hop} passed: {text}");
+        }
+        // levee's own Connection header to this client, not the server's.
+        assert!(!text.contains("x-hop"), "{text}");
+    })
+    .await;
+}

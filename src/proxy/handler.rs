@@ -550,7 +550,7 @@ fn respond(
     let server = permit.server().clone();
     let (mut parts, body) = resp.into_parts();
     parts.version = http::Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers);
+    // No hop-by-hop header here: the response head parser leaves them out (upstream_codec).
     let status = parts.status.as_u16();
     if let Some(c) = server
         .counters

@@ -22,6 +22,11 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
+/// Whether `name` is one of the hop-by-hop headers removed whatever the Connection header says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the (few) names present instead of a hashed removal per listed name:

@@ -202,6 +202,7 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
     let mut transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut names_others = false;
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Invalid::Head)?;
         let start = h.value.as_ptr() as usize - base;
@@ -221,8 +222,24 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
             let (c, k) = connection_tokens(h.value);
             close |= c;
             keep_alive_token |= k;
+            names_others |= names_other_headers(h.value);
         }
-        headers.append(name, value);
+        // Hop-by-hop headers are read here and never forwarded (RFC 9110 §7.6.1).
+        if !super::headers::is_hop_by_hop(&name) {
+            headers.append(name, value);
+        }
+    }
+    if names_others {
+        // Connection named other headers: those are this hop's too (rare).
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if let Ok(n) = HeaderName::from_bytes(token) {
+                        headers.remove(n);
+                    }
+                }
+            }
+        }
     }
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -294,6 +311,13 @@ pub fn connection_tokens(v: &[u8]) -> (bool, bool) {
         keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
     }
     (close, keep_alive)
+}
+
+/// Whether a Connection value names a header (a token other than `close` and `keep-alive`).
+fn names_other_headers(v: &[u8]) -> bool {
+    v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
 }
 
 /// The longest chunk-size line (with extensions) or trailer line accepted.
@@ -439,6 +463,29 @@ mod tests {
             }
             other => panic!("not a final head: {other:?}"),
         }
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_left_out_with_those_connection_names() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+             X-Hop: secret\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+             Trailer: x-t\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n",
+            &Method::GET,
+        );
+        let mut names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-kept"]);
+        assert!(h.keep_alive);
+        assert_eq!(h.framing, Framing::Length(2));
+        // Chunked framing is read from Transfer-Encoding, which is not forwarded either.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(h.headers.is_empty());
+        assert!(!h.keep_alive);
+        assert!(matches!(h.framing, Framing::Chunked(_)));
     }
 
     #[test]
