@@ -391,6 +391,18 @@ other_percent() { # snapshot-before snapshot-after all-cpu-jiffies-delta -> "N%"
         printf "%d%%\n", (total > 0 ? other * 100 / total : 0)
     }' "$1" "$2"
 }
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() { # pid -> utime+stime (ticks) of the process and its child processes (nginx workers)
+    local p t=0 v
+    (( $1 > 0 )) || { echo 0; return; }
+    for p in "$1" $(pgrep -P "$1" || true); do
+        v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) && t=$(( t + v ))
+    done
+    echo "$t"
+}
+us_per_request() { # ticks requests/s -> CPU microseconds per request over DURATION_S
+    awk -v t="$1" -v r="$2" -v d="$DURATION_S" -v hz="$CLK_TCK" 'BEGIN { if (r <= 0) print "n/a"; else printf "%.1f\n", t / hz / (r * d) * 1e6 }'
+}
 all_cpu_total() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t }' /proc/stat; }
 cpu_percent() { # "before" "after" -> "p% p% ..."
     local -a a b
@@ -437,7 +449,7 @@ run_wrk() { # url seconds outfile
 
 declare -A ADDR=([backend]=$BACKEND1 [nginx]=$NGINX_ADDR [haproxy]=$HAPROXY_ADDR [levee]=$LEVEE_ADDR)
 declare -A LABEL=([backend]="backend direct" [nginx]="nginx (1 worker)" [haproxy]="HAProxy (1 thread)" [levee]="levee (--threads 1)")
-declare -A RPS P50 P99 ERRS CPU RPS_R P50_R P99_R
+declare -A RPS P50 P99 ERRS CPU RPS_R P50_R P99_R PX_US_R BK_US_R PX_US BK_US
 SKEWED=
 TARGETS=(backend nginx haproxy)
 [[ $SKIP_LEVEE == 1 ]] || TARGETS+=(levee)
@@ -489,7 +501,9 @@ for t in "${TARGETS[@]}"; do
     for (( attempt = 0; ; attempt++ )); do
         log "$t: measuring ${DURATION_S}s"
         proc_snapshot >"$TMP/procs.before"; a0=$(all_cpu_total); j0=$(cpu_jiffies)
+        pt0=$(proc_ticks "$TARGET_PID"); bt0=$(proc_ticks "$BACKEND_PID")
         run_wrk "$url" "$DURATION_S" "$TMP/$t.wrk.txt"
+        pt1=$(proc_ticks "$TARGET_PID"); bt1=$(proc_ticks "$BACKEND_PID")
         j1=$(cpu_jiffies); a1=$(all_cpu_total); proc_snapshot >"$TMP/procs.after"
         CPU[$t]="$(cpu_percent "$j0" "$j1") $(other_percent "$TMP/procs.before" "$TMP/procs.after" $(( a1 - a0 )))"
         parsed=$(parse_wrk "$TMP/$t.wrk.txt") || { cat "$TMP/$t.wrk.txt" >&2; die "$t: cannot parse wrk output"; }
@@ -507,6 +521,8 @@ for t in "${TARGETS[@]}"; do
         break
     done
     RPS_R[$t]+="${RPS[$t]} "; P50_R[$t]+="${P50[$t]} "; P99_R[$t]+="${P99[$t]} "
+    if (( TARGET_PID > 0 )); then PX_US_R[$t]+="$(us_per_request $(( pt1 - pt0 )) "${RPS[$t]}") "; fi
+    BK_US_R[$t]+="$(us_per_request $(( bt1 - bt0 )) "${RPS[$t]}") "
     (( TARGET_PID == 0 )) || stop_pid "$TARGET_PID"
     if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
         cat "$TMP/backend.log" >&2; die "backend nginx died"
@@ -526,6 +542,10 @@ for t in "${TARGETS[@]}"; do
     P50[$t]=$(printf '%.3f' "$(median ${P50_R[$t]})")
     # shellcheck disable=SC2086
     P99[$t]=$(printf '%.3f' "$(median ${P99_R[$t]})")
+    # shellcheck disable=SC2086
+    if [[ -n ${PX_US_R[$t]:-} ]]; then PX_US[$t]=$(printf '%.1f' "$(median ${PX_US_R[$t]})"); else PX_US[$t]="-"; fi
+    # shellcheck disable=SC2086
+    BK_US[$t]=$(printf '%.1f' "$(median ${BK_US_R[$t]})")
 done
 
 # ---------------------------------------------------------------- report
@@ -555,17 +575,19 @@ ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 [[ $SKIP_LEVEE == 1 || $LEVEE_BIN == "$ROOT/$LEVEE_BIN_DEFAULT" ]] || ENV_PREFIX+=" LEVEE_BIN=$LEVEE_BIN"
 
 report() {
-    local id t head="| target | req/s (median) | p50 ms | p99 ms | errors | req/s of each round |" sep="|---|---:|---:|---:|---:|---|"
+    local id t head="| target | req/s (median) | p50 ms | p99 ms | errors | req/s of each round | proxy CPU µs/request (median) | backend CPU µs/request (median) |" sep="|---|---:|---:|---:|---:|---|---:|---:|"
     for id in $CPU_IDS; do head+=" $(cpu_label "$id") |"; sep+="---:|"; done
     head+=" other processes (of all CPUs) |"; sep+="---:|"
     echo "$ROUNDS round(s), the targets alternating; req/s, p50 and p99 are each target's median over the rounds;"
-    echo "errors and CPU columns are from the last round."
+    echo "errors and CPU-busy columns are from the last round. CPU µs/request: user+sys time of the proxy's"
+    echo "processes (nginx: master and worker) and of the backend nginx, per request answered; the proxy"
+    echo "and the backend share a CPU, so req/s is about 1 / (proxy + backend) when that CPU is the limit."
     echo
     echo "$head"
     echo "$sep"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "${RPS[$t]}" \
-            "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${RPS_R[$t]% }" "${CPU[$t]// / | }"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "${RPS[$t]}" \
+            "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}" "${RPS_R[$t]% }" "${PX_US[$t]}" "${BK_US[$t]}" "${CPU[$t]// / | }"
     done
     echo
     [[ -z $SKEWED ]] || echo "- **warning**: other processes used > 5% of the machine during: $SKEWED; those rows are skewed"
