@@ -47,6 +47,9 @@ async fn site_stays_up_under_a_flood_from_a_thousand_sources() {
             let (url, stop, ok, total) = (url.clone(), stop.clone(), legit_ok.clone(), legit_total.clone());
             legit.push(tokio::spawn(async move {
                 let c = client_from(Some(src));
+                // Users do not click in step: their requests are spread over each 500 ms
+                // (started together, all 50 arrived in the same millisecond every 500 ms).
+                tokio::time::sleep(Duration::from_millis(u64::from(i) * 10)).await;
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
