@@ -218,28 +218,24 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Invalid> {
             transfer_encoding = true;
             // Chunked must be the last coding; anything else is read until the close.
             chunked = last_coding_is_chunked(h.value);
-        } else if name == header::CONNECTION {
+        }
+        let mut keep = !super::headers::is_hop_by_hop(&name);
+        if name == header::CONNECTION {
             let (c, k) = connection_tokens(h.value);
             close |= c;
             keep_alive_token |= k;
-            names_others |= names_other_headers(h.value);
+            // Kept only when it names other headers, for strip_hop_by_hop below (rare).
+            keep = names_other_headers(h.value);
+            names_others |= keep;
         }
         // Hop-by-hop headers are read here and never forwarded (RFC 9110 §7.6.1).
-        if !super::headers::is_hop_by_hop(&name) {
+        if keep {
             headers.append(name, value);
         }
     }
     if names_others {
-        // Connection named other headers: those are this hop's too (rare).
-        for h in resp.headers.iter() {
-            if h.name.eq_ignore_ascii_case("connection") {
-                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if let Ok(n) = HeaderName::from_bytes(token) {
-                        headers.remove(n);
-                    }
-                }
-            }
-        }
+        // The headers the Connection header names are this hop's too, and so is it.
+        super::headers::strip_hop_by_hop(&mut headers);
     }
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
