@@ -10,8 +10,9 @@
 # Environment:
 #   BENCH_THREADS=1        client threads (levee --threads, wrk -t; oha is pinned to as many CPUs)
 #   BENCH_CONNS=50         connections (levee -c, wrk -c, oha -c)
-#   BENCH_DURATION=10s     each measurement (a 2s warm-up with wrk precedes the first)
-#   BENCH_ROUNDS=3         closed-model rounds per tool, alternating the tools
+#   BENCH_DURATION=5s      each measurement (a 2s warm-up with wrk precedes the first)
+#   BENCH_ROUNDS=10        closed-model rounds per tool, alternating the tools (6 or more give
+#                          a 95% interval for the paired levee/wrk ratio)
 #   BENCH_OPEN_REF=median  the open model's rates are shares of the highest median closed-model
 #                          rate of the tools (best: of the highest single round; on a machine
 #                          whose speed drifts, one lucky round overstates what it sustains)
@@ -31,12 +32,12 @@ cd "$ROOT"
 
 INVOCATION="bench/loadgen.sh${*:+ $*}"
 THREADS=${BENCH_THREADS:-1}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-10}
 OPEN_CONNS=${BENCH_OPEN_CONNS:-64 512}
 OPEN_REF=${BENCH_OPEN_REF:-median}
 [[ $OPEN_REF == median || $OPEN_REF == best ]] || { echo "BENCH_OPEN_REF must be median or best" >&2; exit 1; }
 CONNS=${BENCH_CONNS:-50}
-DURATION=${BENCH_DURATION:-10s}
+DURATION=${BENCH_DURATION:-5s}
 WRITE=${BENCH_WRITE:-1}
 PIN=${BENCH_PIN:-1}
 BACKEND_CPU=${BENCH_BACKEND_CPU:-0}
@@ -198,7 +199,7 @@ log "warm-up (wrk, 2s)"
 # best and median round are reported.
 LEVEE_RUNS=(); WRK_RUNS=(); OHA_RUNS=(); LEVEE_P99S=(); WRK_P99S=(); OHA_P99S=(); LEVEE_ERR=0
 LEVEE_CPU=(); WRK_CPU=(); OHA_CPU=(); LEVEE_BB=(); WRK_BB=(); OHA_BB=()
-for round in $(seq "$ROUNDS"); do
+closed_levee() {
     log "round $round/$ROUNDS: levee loadtest -c $CONNS --threads $THREADS -d $DURATION"
     measured "${PIN_CLIENT[@]}" "$LEVEE_BIN" loadtest "$URL" -c "$CONNS" --threads "$THREADS" -d "$DURATION" -q \
         --json "$TMP/levee-closed.json" >"$TMP/levee-closed.txt"
@@ -206,20 +207,30 @@ for round in $(seq "$ROUNDS"); do
     LEVEE_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${LEVEE_RUNS[-1]}")"); LEVEE_BB+=("$BACKEND_BUSY")
     LEVEE_P99S+=("$(json_field "$TMP/levee-closed.json" 'round(s["latency"]["p99_ms"], 3)')")
     LEVEE_ERR=$(( LEVEE_ERR + $(json_field "$TMP/levee-closed.json" 's["failures"]') ))
-
+}
+closed_wrk() {
     log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
     measured "${PIN_CLIENT[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$URL" >"$TMP/wrk.txt"
     WRK_RUNS+=("$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/wrk.txt")")
     WRK_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${WRK_RUNS[-1]}")"); WRK_BB+=("$BACKEND_BUSY")
     WRK_P99S+=("$(awk '$1 == "99%" { v=$2; n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
         f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", n*f }' "$TMP/wrk.txt")")
-
+}
+closed_oha() {
     log "round $round/$ROUNDS: oha -c $CONNS -z $DURATION (pinned to the same CPUs)"
     measured "${PIN_CLIENT[@]}" "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --output-format json "$URL" \
         >"$TMP/oha.json" 2>"$TMP/oha.err"
     OHA_RUNS+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$TMP/oha.json")")
     OHA_CPU+=("$(cpu_per_request "$CLIENT_CPU_S" "${OHA_RUNS[-1]}")"); OHA_BB+=("$BACKEND_BUSY")
     OHA_P99S+=("$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"]*1000, 3))' "$TMP/oha.json")")
+}
+# levee and wrk are measured back to back in every round, levee first in odd rounds and last in
+# even ones, so that their paired ratio compares the two on nearly the same machine.
+ORDER=()
+for round in $(seq "$ROUNDS"); do
+    if (( round % 2 )); then tools=(levee wrk oha); else tools=(oha wrk levee); fi
+    ORDER+=("${tools[*]}")
+    for tool in "${tools[@]}"; do "closed_$tool"; done
 done
 best() { printf '%s\n' "$@" | sort -n | tail -1; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -239,6 +250,8 @@ fi
 RATIO_WRK=$(python3 -c "print(f'{$LEVEE_RPS / max($WRK_RPS, 1):.2f}')")
 RATIO_OHA=$(python3 -c "print(f'{$LEVEE_RPS / max($OHA_RPS, 1):.2f}')")
 RATIO_WRK_MED=$(python3 -c "print(f'{$LEVEE_MED / max($WRK_MED, 1):.2f}')")
+PAIRED_WRK=$(python3 bench/paired.py "levee/wrk requests/s" 1.0 "${LEVEE_RUNS[*]}" "${WRK_RUNS[*]}")
+PAIRED_OHA=$(python3 bench/paired.py "levee/oha requests/s" 1.0 "${LEVEE_RUNS[*]}" "${OHA_RUNS[*]}")
 
 # ---------------------------------------------------------------- open model
 OPEN_ROWS=()
@@ -298,6 +311,13 @@ tools' requests/s then say little about the tools, and their CPU per request say
 levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
 rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
 
+$PAIRED_WRK
+$PAIRED_OHA
+
+(Paired by round: levee's requests/s over the other tool's in the same round, measured back to
+back; the interval is the sign test's for the median of those ratios (\`bench/paired.py\`), so
+it holds whatever the noise's distribution. "undecided": the interval contains the target.)
+
 Open model (\`levee loadtest $URL --rate R -c C --threads $THREADS -d $DURATION\`, C the most
 connections: $OPEN_CONNS), R a share of $MAX_WHAT ($MAX_RPS/s, BENCH_OPEN_REF=$OPEN_REF);
 achieved = responses / the run's real duration (first send to last response); "opened":
@@ -310,7 +330,7 @@ the one freed last taking the next request):
 $(printf '%s\n' "${OPEN_ROWS[@]}")
 
 CPU steal (time the hypervisor gave to other guests, share of this machine's CPU time) during
-each measurement, in order (closed rounds: levee, wrk, oha per round; then the open rows):
+each measurement, in order (closed rounds, the tools in the order measured: $(printf '%s; ' "${ORDER[@]}")then the open rows):
 ${STEALS[*]}. Steal above a few % means the machine itself was slower during that measurement.
 EOF
 )

@@ -9,10 +9,12 @@
 # Environment:
 #   BENCH_THREADS=1      wrk threads (-t)
 #   BENCH_CONNS=50       wrk connections (-c)
-#   BENCH_DURATION=10s   wrk measured duration (-d); a 2s warm-up precedes it
+#   BENCH_DURATION=5s    wrk measured duration (-d); a 2s warm-up precedes it
 #   BENCH_WARMUP=2s      warm-up duration (BENCH_WARMUP=0 skips it)
-#   BENCH_ROUNDS=3       rounds: every target measured once per round, the targets
-#                        alternating; the table shows each target's median round
+#   BENCH_ROUNDS=10      rounds: every target measured once per round, levee between nginx
+#                        and HAProxy; the table shows each target's median round, the
+#                        "paired by round" lines the ratios of back-to-back measurements
+#                        (6 rounds or more give a 95% interval)
 #   BENCH_WAIT_IDLE=0    N: before each measurement wait up to N s for an idle machine
 #   BENCH_RETRIES=2      re-measure a target up to N times when other processes used
 #                        more than 5% of the machine during its measurement
@@ -31,9 +33,9 @@ cd "$ROOT"
 INVOCATION="bench/proxy.sh${*:+ $*}"
 THREADS=${BENCH_THREADS:-1}
 CONNS=${BENCH_CONNS:-50}
-DURATION=${BENCH_DURATION:-10s}
+DURATION=${BENCH_DURATION:-5s}
 WARMUP=${BENCH_WARMUP:-2s}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-10}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-0}
 RETRIES=${BENCH_RETRIES:-2}
 WRITE=${BENCH_WRITE:-1}
@@ -486,14 +488,21 @@ if (( IDLE_BUSY > 10 )); then
 fi
 WRK_CMD="wrk -t$THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/"
 log "wrk: $WRK_CMD (warm-up ${WARMUP_S}s); pinning: $PINNING"
+# levee is measured between nginx and HAProxy in every round, the two peers swapping sides from
+# one round to the next, so that each round's levee/peer ratios compare targets measured back to
+# back on nearly the same machine (see the "paired by round" lines of the report).
+ORDERS=()
 for (( round = 1; round <= ROUNDS; round++ )); do
 (( ROUNDS == 1 )) || log "round $round of $ROUNDS"
-for t in "${TARGETS[@]}"; do
+if (( round % 2 )); then order=(backend nginx levee haproxy); else order=(backend haproxy levee nginx); fi
+[[ $SKIP_LEVEE == 0 ]] || order=("${order[@]/levee/}")
+ORDERS+=("$(echo ${order[*]})")
+for t in ${order[*]}; do
     start_target "$t"
     url="http://${ADDR[$t]}/"
     body=$(curl -s -m 2 "$url") || die "$t: GET $url failed"
     [[ $body == "hello from backend" ]] || die "$t: unexpected body: $body"
-    [[ $t == "${TARGETS[0]}" ]] || wait_idle
+    [[ $t == "${order[0]}" ]] || wait_idle
     if (( WARMUP_S > 0 )); then
         log "$t: warm-up ${WARMUP_S}s"
         run_wrk "$url" "$WARMUP_S" "$TMP/$t.warmup.txt"
@@ -566,7 +575,7 @@ CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
 ENV_PREFIX="BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION"
 [[ $SKIP_LEVEE == 1 ]] && ENV_PREFIX+=" BENCH_SKIP_LEVEE=1"
 [[ $WARMUP == 2s ]] || ENV_PREFIX+=" BENCH_WARMUP=$WARMUP"
-[[ $ROUNDS == 3 ]] || ENV_PREFIX+=" BENCH_ROUNDS=$ROUNDS"
+[[ $ROUNDS == 10 ]] || ENV_PREFIX+=" BENCH_ROUNDS=$ROUNDS"
 [[ $WAIT_IDLE == 0 ]] || ENV_PREFIX+=" BENCH_WAIT_IDLE=$WAIT_IDLE"
 [[ $RETRIES == 2 ]] || ENV_PREFIX+=" BENCH_RETRIES=$RETRIES"
 [[ $PIN == 1 ]] || ENV_PREFIX+=" BENCH_PIN=$PIN"
@@ -597,6 +606,22 @@ report() {
     echo "- levee/nginx p99: $(ratio "${P99[levee]:-}" "${P99[nginx]}") (${P99[levee]:-n/a} ms vs ${P99[nginx]} ms; < 1 means levee is faster)"
     echo "- levee/HAProxy p99: $(ratio "${P99[levee]:-}" "${P99[haproxy]}") (${P99[levee]:-n/a} ms vs ${P99[haproxy]} ms)"
     echo "- levee/nginx p50: $(ratio "${P50[levee]:-}" "${P50[nginx]}"); levee/HAProxy p50: $(ratio "${P50[levee]:-}" "${P50[haproxy]}")"
+    echo
+    echo "Paired by round (targets measured back to back; in each round's order: $(printf '%s; ' "${ORDERS[@]}" | sed 's/; $//')):"
+    echo "levee's figure over the peer's of the same round, the median of those ratios and the sign"
+    echo "test's interval for it (\`bench/paired.py\`: no assumption on the noise's distribution;"
+    echo "\"undecided\" means the interval contains the target). The better peer is the one with the"
+    echo "higher median req/s."
+    echo
+    # shellcheck disable=SC2086
+    python3 bench/paired.py "levee/nginx req/s" 1.1 "${RPS_R[levee]}" "${RPS_R[nginx]}"
+    python3 bench/paired.py "levee/HAProxy req/s" 1.1 "${RPS_R[levee]}" "${RPS_R[haproxy]}"
+    # The better peer: the one with the higher median req/s over the run (taking the better of
+    # the two in each round instead would pit levee against the maximum of two noisy draws).
+    local peer=nginx
+    (( ${RPS[haproxy]} > ${RPS[nginx]} )) && peer=haproxy
+    python3 bench/paired.py "levee/${LABEL[$peer]%% *} (the better peer) req/s, point 18 wants >= 1.1x" 1.1 "${RPS_R[levee]}" "${RPS_R[$peer]}"
+    python3 bench/paired.py "levee/${LABEL[$peer]%% *} p99, point 18 wants no worse" 1.0 "${P99_R[levee]}" "${P99_R[$peer]}" lower
 }
 
 echo
