@@ -252,6 +252,9 @@ RATIO_OHA=$(python3 -c "print(f'{$LEVEE_RPS / max($OHA_RPS, 1):.2f}')")
 RATIO_WRK_MED=$(python3 -c "print(f'{$LEVEE_MED / max($WRK_MED, 1):.2f}')")
 PAIRED_WRK=$(python3 bench/paired.py "levee/wrk requests/s" 1.0 "${LEVEE_RUNS[*]}" "${WRK_RUNS[*]}")
 PAIRED_OHA=$(python3 bench/paired.py "levee/oha requests/s" 1.0 "${LEVEE_RUNS[*]}" "${OHA_RUNS[*]}")
+# Requests one core could generate, 1 / (client CPU per request): wrk's CPU per request over
+# levee's, so > 1 means levee needs less CPU for each request than wrk.
+PAIRED_CAP=$(python3 bench/paired.py "requests a core can generate (1 / client CPU per request), levee/wrk" 1.0 "${WRK_CPU[*]}" "${LEVEE_CPU[*]}")
 
 # ---------------------------------------------------------------- open model
 OPEN_ROWS=()
@@ -313,10 +316,14 @@ rounds: **${RATIO_OHA}x**. Failed requests in levee's rounds: $LEVEE_ERR.
 
 $PAIRED_WRK
 $PAIRED_OHA
+$PAIRED_CAP
 
 (Paired by round: levee's requests/s over the other tool's in the same round, measured back to
 back; the interval is the sign test's for the median of those ratios (\`bench/paired.py\`), so
-it holds whatever the noise's distribution. "undecided": the interval contains the target.)
+it holds whatever the noise's distribution. "undecided": the interval contains the target.
+While the backend is the bottleneck, requests/s cannot show which generator is faster; the
+third line can: CPU time per request counts only the time the tool ran, not the time it waited
+for the backend, so 1 / CPU per request is the rate one core would give the tool.)
 
 Open model (\`levee loadtest $URL --rate R -c C --threads $THREADS -d $DURATION\`, C the most
 connections: $OPEN_CONNS), R a share of $MAX_WHAT ($MAX_RPS/s, BENCH_OPEN_REF=$OPEN_REF);
