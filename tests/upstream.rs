@@ -369,3 +369,149 @@ async fn hop_by_hop_response_headers_stop_at_levee() {
     })
     .await;
 }
+
+/// A server that answers `413` as soon as it has a request head, without reading the body,
+/// then closes (`close`) or holds the connection open without reading anything more.
+async fn refusing_server(close: bool) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            s2.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 4096];
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                seen.requests.fetch_add(1, Ordering::SeqCst);
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n",
+                    )
+                    .await;
+                if !close {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends a 32 MiB upload (far more than the sockets buffer) to levee and returns the response
+/// text, read while the body is still being written.
+async fn upload_32mib(levee: SocketAddr) -> String {
+    const LEN: usize = 32 << 20;
+    let s = TcpStream::connect(levee).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(wr)
+    });
+    // Read until the end of the 413's body, the end of the stream, or 10 s without a byte.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !raw.ends_with(b"too big\n") {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_an_upload_early_has_its_answer_passed_on() {
+    bounded(Duration::from_secs(30), async {
+        for close in [true, false] {
+            let (addr, seen) = refusing_server(close).await;
+            let l = levee_for(addr).await;
+            let started = std::time::Instant::now();
+            let text = upload_32mib(l.addr).await;
+            // The server's own answer, not a 502 (the write failing once the server closed)
+            // nor a 504 (waiting for a server that no longer reads).
+            assert!(
+                text.starts_with("HTTP/1.1 413"),
+                "close={close}: {text:?} after {:?}",
+                started.elapsed()
+            );
+            assert!(text.ends_with("too big\n"), "close={close}: {text:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "close={close}: took {:?}",
+                started.elapsed()
+            );
+            // The connection, in the middle of a body, is not used again.
+            let r = get(&client(), &format!("http://{}/next", l.addr))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 413, "close={close}");
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 2, "close={close}");
+            assert_eq!(upstream_failures(&l).await, 0.0, "close={close}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_success_answer_still_gets_the_whole_body() {
+    bounded(Duration::from_secs(30), async {
+        // A server that answers 200 at once, then reads the body to its end.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (got_tx, got_rx) = tokio::sync::oneshot::channel::<usize>();
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            };
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let mut got = buf.len() - head_end;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while got < 32 << 20 {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got += k,
+                }
+            }
+            let _ = got_tx.send(got);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let l = levee_for(addr).await;
+        let c = client();
+        let body = Bytes::from(vec![b'u'; 32 << 20]);
+        let req = http::Request::post(format!("http://{}/upload", l.addr))
+            .body(Full::new(body))
+            .unwrap();
+        let a = send(&c, req).await.unwrap();
+        assert_eq!((a.status, a.text().as_str()), (200, "ok"));
+        // Not an answer that refuses the body: all of it went through.
+        assert_eq!(got_rx.await.unwrap(), 32 << 20);
+    })
+    .await;
+}

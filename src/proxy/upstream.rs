@@ -13,6 +13,10 @@
 //! used (its readiness, without a system call in the common case), and a request that finds
 //! it closed anyway before any byte of a response arrived is sent again once on a new
 //! connection when its body can be replayed.
+//!
+//! A body larger than one write is sent while the response is read: a server that answers
+//! before the end of the body (refusing it with 413, 401, ...) has its answer passed on, and
+//! that connection is not kept.
 
 use super::body::{ReqBody, ReqBodyError};
 use super::pool::ServerState;
@@ -174,16 +178,26 @@ impl UpConn {
     /// would only answer "would block" before the next response. Only the bytes read are
     /// then copied to `buf`.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut rb = ReadBuf::new(&mut self.scratch);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        self.buf.extend_from_slice(rb.filled());
-        // Large bodies get larger reads, small answers stay cheap.
-        if n == self.scratch.len() && n < MAX_READ {
-            self.scratch.resize((n * 2).min(MAX_READ), 0);
-        }
-        Poll::Ready(Ok(n))
+        poll_fill(&mut self.stream, &mut self.buf, &mut self.scratch, cx)
     }
+}
+
+/// [`UpConn::poll_fill`] over any reader.
+fn poll_fill<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut rb = ReadBuf::new(scratch);
+    ready!(Pin::new(&mut *rd).poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    buf.extend_from_slice(rb.filled());
+    // Large bodies get larger reads, small answers stay cheap.
+    if n == scratch.len() && n < MAX_READ {
+        scratch.resize((n * 2).min(MAX_READ), 0);
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// Sends `req` to `server` and returns the response once its head has arrived; the body
@@ -311,19 +325,110 @@ async fn exchange(
                 conn.stream.write_all(&conn.wbuf).await?;
             } else {
                 conn.stream.write_all(&conn.wbuf).await?;
-                conn.stream.write_all(&data).await?;
+                return body_and_head(conn, Outgoing::Whole(data), &parts.method).await;
             }
         }
         ReqBody::Stream { .. } => {
             conn.stream.write_all(&conn.wbuf).await?;
-            stream_body(conn, body, chunked).await?;
+            return body_and_head(conn, Outgoing::Stream { body, chunked }, &parts.method).await;
         }
     }
     read_head(conn, &parts.method).await
 }
 
+/// A request body still to be written after its head.
+enum Outgoing<'a> {
+    Whole(Bytes),
+    Stream {
+        body: &'a mut ReqBody,
+        chunked: bool,
+    },
+}
+
+/// Writes the body while reading the response: a server may answer before it has read the
+/// whole body, typically to refuse it (413, 401, 403), and then stop reading. Writing first and
+/// reading after would turn that answer into a 502 (the write fails when the server closes) or
+/// a hang (when it keeps the connection open without reading).
+///
+/// - A final answer of 400 or more that arrives before the end of the body stops the body: the
+///   answer goes to the client.
+/// - Any other early answer waits for the rest of the body to be written, as the server may
+///   still be reading it; if that write then fails, the answer still goes to the client.
+/// - Either way the connection is not kept, since the server may be in the middle of the body.
+/// - Failing to read the client's body (its limit, an error) ends the request at once.
+async fn body_and_head(
+    conn: &mut UpConn,
+    outgoing: Outgoing<'_>,
+    method: &http::Method,
+) -> Result<codec::Head, Failure> {
+    let UpConn {
+        stream,
+        buf,
+        wbuf,
+        scratch,
+        ..
+    } = conn;
+    let (mut rd, mut wr) = stream.split();
+    let write = async {
+        match outgoing {
+            Outgoing::Whole(data) => wr.write_all(&data).await.map_err(Failure::from),
+            Outgoing::Stream { body, chunked } => stream_body(&mut wr, wbuf, body, chunked).await,
+        }
+    };
+    let read = read_head_from(&mut rd, buf, scratch, method);
+    tokio::pin!(write, read);
+    let mut head: Option<codec::Head> = None;
+    let mut write_error: Option<Failure> = None;
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write, if write_error.is_none() => match written {
+                Ok(()) => {
+                    return match head {
+                        Some(head) => Ok(head),
+                        None => (&mut read).await,
+                    };
+                }
+                Err(f) if matches!(f.error, UpstreamError::Body(_)) => return Err(f),
+                Err(f) => {
+                    if let Some(mut head) = head {
+                        head.keep_alive = false;
+                        return Ok(head);
+                    }
+                    // The server may have answered before it closed: read on.
+                    write_error = Some(f);
+                }
+            },
+            answer = &mut read, if head.is_none() => match answer {
+                Ok(mut answer) => {
+                    answer.keep_alive = false;
+                    if write_error.is_some() || answer.status.as_u16() >= 400 {
+                        return Ok(answer);
+                    }
+                    head = Some(answer);
+                }
+                Err(f) => {
+                    return Err(match write_error {
+                        // Nothing came back from a request that could not be written.
+                        Some(w) => Failure {
+                            response_started: f.response_started,
+                            ..w
+                        },
+                        None => f,
+                    });
+                }
+            },
+        }
+    }
+}
+
 /// Streams the client's body to the server as it arrives.
-async fn stream_body(conn: &mut UpConn, body: &mut ReqBody, chunked: bool) -> Result<(), Failure> {
+async fn stream_body<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &mut Vec<u8>,
+    body: &mut ReqBody,
+    chunked: bool,
+) -> Result<(), Failure> {
     loop {
         let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
@@ -335,19 +440,19 @@ async fn stream_body(conn: &mut UpConn, body: &mut ReqBody, chunked: bool) -> Re
                     continue;
                 }
                 if chunked {
-                    conn.wbuf.clear();
-                    codec::write_chunk_size(&mut conn.wbuf, data.len());
-                    conn.stream.write_all(&conn.wbuf).await?;
-                    conn.stream.write_all(&data).await?;
-                    conn.stream.write_all(b"\r\n").await?;
+                    wbuf.clear();
+                    codec::write_chunk_size(wbuf, data.len());
+                    wr.write_all(wbuf).await?;
+                    wr.write_all(&data).await?;
+                    wr.write_all(b"\r\n").await?;
                 } else {
-                    conn.stream.write_all(&data).await?;
+                    wr.write_all(&data).await?;
                 }
             }
             Some(Err(e)) => return Err(e.into()),
             None => {
                 if chunked {
-                    conn.stream.write_all(b"0\r\n\r\n").await?;
+                    wr.write_all(b"0\r\n\r\n").await?;
                 }
                 return Ok(());
             }
@@ -357,6 +462,22 @@ async fn stream_body(conn: &mut UpConn, body: &mut ReqBody, chunked: bool) -> Re
 
 /// Reads until a final response head is complete (interim 1xx answers are skipped).
 async fn read_head(conn: &mut UpConn, method: &http::Method) -> Result<codec::Head, Failure> {
+    let UpConn {
+        stream,
+        buf,
+        scratch,
+        ..
+    } = conn;
+    read_head_from(stream, buf, scratch, method).await
+}
+
+/// [`read_head`] over any reader (the read half of a connection being written meanwhile).
+async fn read_head_from<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+    method: &http::Method,
+) -> Result<codec::Head, Failure> {
     let mut started = false;
     let fail = |error: UpstreamError, started: bool| Failure {
         error,
@@ -364,25 +485,25 @@ async fn read_head(conn: &mut UpConn, method: &http::Method) -> Result<codec::He
         written: true,
     };
     loop {
-        if !conn.buf.is_empty() {
+        if !buf.is_empty() {
             started = true;
-            match codec::parse_head(&conn.buf, method) {
+            match codec::parse_head(buf, method) {
                 Ok(Parsed::Final(head, n)) => {
-                    let _ = conn.buf.split_to(n);
+                    let _ = buf.split_to(n);
                     return Ok(*head);
                 }
                 Ok(Parsed::Interim(n)) => {
-                    let _ = conn.buf.split_to(n);
+                    let _ = buf.split_to(n);
                     continue;
                 }
-                Ok(Parsed::Partial) if conn.buf.len() >= MAX_HEAD => {
+                Ok(Parsed::Partial) if buf.len() >= MAX_HEAD => {
                     return Err(fail(Invalid::HeadTooLarge(MAX_HEAD).into(), true));
                 }
                 Ok(Parsed::Partial) => {}
                 Err(e) => return Err(fail(e.into(), true)),
             }
         }
-        match poll_fn(|cx| conn.poll_fill(cx)).await {
+        match poll_fn(|cx| poll_fill(rd, buf, scratch, cx)).await {
             Ok(0) => return Err(fail(UpstreamError::Closed, started)),
             Ok(_) => {}
             Err(e) => return Err(fail(e.into(), started)),
