@@ -237,6 +237,14 @@ EOF
 mkdir -p "$TMP/nginx"
 {
     nginx_common "$TMP/nginx"
+    # The headers levee adds to every request are added here too: X-Forwarded-For/-Proto/-Host,
+    # and X-Request-Id (the client's, or a new one) passed on and returned to the client.
+    cat <<'EOF'
+    map $http_x_request_id $levee_like_request_id {
+        default $http_x_request_id;
+        ""      $request_id;
+    }
+EOF
     cat <<EOF
     upstream web {
         server $BACKEND1;
@@ -250,6 +258,12 @@ mkdir -p "$TMP/nginx"
             proxy_pass http://web;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Request-Id \$levee_like_request_id;
+            add_header X-Request-Id \$levee_like_request_id always;
         }
     }
 }
@@ -273,6 +287,15 @@ defaults
 
 frontend fe
     bind $HAPROXY_ADDR
+    # The headers levee adds to every request: X-Forwarded-For/-Proto/-Host, and X-Request-Id
+    # (the client's, or a new one) passed on and returned to the client.
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    unique-id-format %[rand,hex,bytes(8,8)]%[rand,hex,bytes(8,8)]%[rand,hex,bytes(8,8)]%[rand,hex,bytes(8,8)]
+    http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
+    http-request set-var(txn.request_id) req.hdr(x-request-id)
+    http-response set-header X-Request-Id %[var(txn.request_id)]
     default_backend web
 
 backend web
