@@ -410,13 +410,25 @@ async fn open(
         let intended = start + Duration::from_secs_f64(t);
         let mut now = Instant::now();
         if intended > now {
-            pace.as_mut().reset(intended);
-            tokio::select! {
-                biased;
-                _ = &mut stopped => break 'dispatch,
-                _ = pace.as_mut() => {}
+            // The timer wakes on whole milliseconds: alone, it would send a millisecond's worth
+            // of requests at once (71 at 71k/s, more than 64 connections can take). A worker
+            // freed meanwhile also wakes the dispatcher, which then sends what has come due: at
+            // high rates answers come back every few microseconds, so requests go out close to
+            // their times, spread as the schedule spreads them.
+            if pace.deadline() != intended {
+                pace.as_mut().reset(intended);
             }
-            now = Instant::now();
+            while intended > now {
+                idle.awaited.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break 'dispatch,
+                    _ = pace.as_mut() => {}
+                    _ = idle.freed.notified() => {}
+                }
+                idle.awaited.store(false, Ordering::SeqCst);
+                now = Instant::now();
+            }
         }
         let hand = loop {
             if let Some(hand) = idle.pop() {
