@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/loadgen.sh: is `levee loadtest` ever the bottleneck? Compare it with wrk and oha against
-# the same fast static backend (nginx, 1 worker, `return 200`), then check that its open model
+# the same fast static backend (bench/static_backend.rs, or nginx with 1 worker and `return 200`
+# with BENCH_BACKEND=nginx), then check that its open model
 # holds a requested rate.
 #
 # 1. Closed model, same connections and threads: levee loadtest, wrk, oha (max requests/s).
@@ -19,6 +20,10 @@
 #   BENCH_OPEN_CONNS="64 512"  open model: the most connections, one row per value (512 is
 #                          levee's default; with 64 the backend is not slowed by cold
 #                          connections, so the row measures the generator's pacing)
+#   BENCH_BACKEND=static   the backend: static (bench/static_backend.rs, built with cargo: cheaper
+#                          per request than the generators, so that they are the limit) or
+#                          nginx (1 worker, `return 200`: on 2 cores about as costly per request
+#                          as the generators, and the limit for all of them)
 #   BENCH_WRITE=1          append the results to bench/RESULTS.md under "loadgen" (0: don't)
 #   BENCH_PIN=1            0: no CPU pinning; 1: backend on CPU BENCH_BACKEND_CPU, clients on
 #   BENCH_BACKEND_CPU=0       the next BENCH_THREADS CPUs from BENCH_CLIENT_CPU
@@ -44,6 +49,9 @@ BACKEND_CPU=${BENCH_BACKEND_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 TOOLS=${BENCH_TOOLS:-$ROOT/target/bench-tools}
 LEVEE_BIN=${LEVEE_BIN:-$ROOT/target/release/levee}
+BACKEND_KIND=${BENCH_BACKEND:-static}
+[[ $BACKEND_KIND == static || $BACKEND_KIND == nginx ]] || { echo "BENCH_BACKEND must be static or nginx" >&2; exit 1; }
+STATIC_BIN=$ROOT/target/release/examples/static_backend
 BACKEND=127.0.0.1:18181
 URL="http://$BACKEND/"
 
@@ -93,13 +101,17 @@ if [[ ! -x $LEVEE_BIN ]]; then
     cargo build --release --quiet || die "cargo build --release failed"
 fi
 [[ -x $LEVEE_BIN ]] || die "$LEVEE_BIN missing"
+if [[ $BACKEND_KIND == static ]]; then
+    log "building the static backend (cargo build --release --example static_backend)"
+    cargo build --release --quiet --example static_backend || die "cannot build bench/static_backend.rs"
+fi
 
 NCPU=$(nproc)
 LAST_CLIENT_CPU=$(( CLIENT_CPU + THREADS - 1 ))
 if [[ $PIN == 1 ]] && command -v taskset >/dev/null && (( LAST_CLIENT_CPU < NCPU && BACKEND_CPU < NCPU )); then
     PIN_BACKEND=(taskset -c "$BACKEND_CPU")
     PIN_CLIENT=(taskset -c "$CLIENT_CPU-$LAST_CLIENT_CPU")
-    PINNING="backend nginx on CPU $BACKEND_CPU, the load generator on CPU $CLIENT_CPU-$LAST_CLIENT_CPU"
+    PINNING="backend on CPU $BACKEND_CPU, the load generator on CPU $CLIENT_CPU-$LAST_CLIENT_CPU"
 else
     PIN_BACKEND=()
     PIN_CLIENT=()
@@ -147,13 +159,19 @@ http {
     }
 }
 EOF
-"$NGINX" -t -q -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" || die "invalid nginx config"
-"${PIN_BACKEND[@]}" "$NGINX" -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" -g 'daemon off;' \
-    >"$TMP/nginx.log" 2>&1 &
+if [[ $BACKEND_KIND == nginx ]]; then
+    "$NGINX" -t -q -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" || die "invalid nginx config"
+    "${PIN_BACKEND[@]}" "$NGINX" -p "$TMP" -e "$TMP/error.log" -c "$TMP/nginx.conf" -g 'daemon off;' \
+        >"$TMP/nginx.log" 2>&1 &
+    BACKEND_DESC="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), 1 worker, \`return 200\`"
+else
+    "${PIN_BACKEND[@]}" "$STATIC_BIN" "$BACKEND" >"$TMP/error.log" 2>&1 &
+    BACKEND_DESC="bench/static_backend.rs (one thread, a fixed 200 with nginx's headers; nginx 1 worker with \`BENCH_BACKEND=nginx\`)"
+fi
 BACKEND_PID=$!
 for _ in $(seq 100); do
     [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$URL" || true) == 200 ]] && break
-    kill -0 "$BACKEND_PID" 2>/dev/null || die "nginx exited: $(cat "$TMP/error.log")"
+    kill -0 "$BACKEND_PID" 2>/dev/null || die "the backend exited: $(cat "$TMP/error.log")"
     sleep 0.1
 done
 [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$URL" || true) == 200 ]] || die "backend not answering"
@@ -161,7 +179,11 @@ done
 # CPU accounting, so that a reader sees which side was the bottleneck: the backend's busy share
 # (its worker's utime+stime over the run) and each client's CPU time (user+sys) per request.
 CLK_TCK=$(getconf CLK_TCK)
-BACKEND_WORKER=$(pgrep -P "$BACKEND_PID" | head -1 || true)
+if [[ $BACKEND_KIND == nginx ]]; then
+    BACKEND_WORKER=$(pgrep -P "$BACKEND_PID" | head -1 || true)
+else
+    BACKEND_WORKER=$BACKEND_PID
+fi
 backend_ticks() {
     [[ -n $BACKEND_WORKER && -r /proc/$BACKEND_WORKER/stat ]] || { echo 0; return; }
     awk '{ print $14 + $15 }' "/proc/$BACKEND_WORKER/stat"
@@ -284,7 +306,7 @@ done
 
 # ---------------------------------------------------------------- report
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-NGINX_V=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+
 WRK_V=$("$WRK" -v 2>&1 | head -1 | awk '{print $2}' || true)
 OHA_V=$("$OHA" --version 2>&1 | awk '{print $2}')
 LEVEE_V=$("$LEVEE_BIN" --version | awk '{print $2}')
@@ -292,9 +314,9 @@ CPU_MODEL=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 REPORT=$(cat <<EOF
 ## loadgen: levee loadtest vs wrk vs oha ($(date -u '+%Y-%m-%d %H:%M UTC'))
 
-\`$INVOCATION\` (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION);
+\`$INVOCATION\` (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_BACKEND=$BACKEND_KIND);
 nproc $NCPU ($CPU_MODEL), kernel $(uname -r); pinning: $PINNING.
-Backend: nginx $NGINX_V, 1 worker, \`return 200\`. wrk $WRK_V, oha $OHA_V, levee $LEVEE_V.
+Backend: $BACKEND_DESC. wrk $WRK_V, oha $OHA_V, levee $LEVEE_V.
 Load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (other work on the machine
 shows here: the figures are only comparable within one run).
 
@@ -308,7 +330,7 @@ tools alternating (requests/s of every round in brackets):
 | oha | \`oha -c $CONNS -z $DURATION $URL\` (pinned to $THREADS CPU(s)) | $OHA_RPS | $OHA_MED | ${OHA_RUNS[*]} | $OHA_P99 | $OHA_CPU_MED | $OHA_BB_MED% |
 
 Client CPU: user+sys time of the tool's process (all its threads) per request; backend CPU
-busy: the nginx worker's CPU time over the run. A backend near 100% busy is the bottleneck: the
+busy: the backend's CPU time over the run. A backend near 100% busy is the bottleneck: the
 tools' requests/s then say little about the tools, and their CPU per request says more.
 
 levee/wrk requests/s, best rounds: **${RATIO_WRK}x** (medians: ${RATIO_WRK_MED}x); levee/oha, best
