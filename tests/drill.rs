@@ -30,9 +30,36 @@ fn drill(extra: &[&str]) -> (i32, serde_json::Value, std::path::PathBuf) {
     (o.status.code().unwrap_or(-1), v, out)
 }
 
+/// Whether the only checks a verdict failed are latency ones.
+fn failed_only_on_latency(v: &serde_json::Value) -> bool {
+    let failed: Vec<&str> = v["verdict"]["checks"]
+        .as_array()
+        .map(|checks| {
+            checks
+                .iter()
+                .filter(|c| c["passed"] != true)
+                .filter_map(|c| c["what"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    !failed.is_empty() && failed.iter().all(|w| w.contains("p99"))
+}
+
 #[test]
 fn quick_protected_drill_passes_and_unprotected_fails() {
-    let (code, v, out) = drill(&[]);
+    let (mut code, mut v, mut out) = drill(&[]);
+    // The test binary is a debug build, several times slower than a release one: its p99
+    // under the flood is 230-700 ms on an idle 2-core VM (a release build: ~195 ms), against
+    // the drill's 1 s limit, and a busy moment of the machine has pushed it past 1 s once.
+    // A protected drill that failed on latency alone is run once more; every other check
+    // must pass the first time, and the second run must pass whole.
+    if code != 0 && failed_only_on_latency(&v) {
+        eprintln!(
+            "protected drill failed on latency only, running it again: {:#}",
+            v["verdict"]["checks"]
+        );
+        (code, v, out) = drill(&[]);
+    }
     let verdict = &v["verdict"];
     assert_eq!(code, 0, "protected verdict: {verdict:#}");
     assert_eq!(verdict["passed"], true);
