@@ -681,3 +681,47 @@ async fn open_model_keeps_few_connections_busy_after_a_stall_grew_the_pool() {
         late.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_an_open_model_run_at_once_and_still_reports() {
+    let b = fast_backend().await;
+    let json = std::env::temp_dir().join(format!("levee-ctrl-c-{}.json", std::process::id()));
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["loadtest", &format!("http://{}/", b.addr())])
+        .args(["--rate", "300", "-c", "16", "-d", "60s", "-q", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = bounded(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap();
+    // Stopped, not run to its 60 s: the idle connections end with the schedule, the busy
+    // ones after their request.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(0));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let responses = v["scenarios"][0]["responses"].as_u64().unwrap();
+    // About 1.5 s at 300/s were answered before the stop.
+    assert!((200..=700).contains(&responses), "{responses} responses");
+    assert_eq!(
+        v["scenarios"][0]["failures"], 0,
+        "{:#}",
+        v["scenarios"][0]["errors"]
+    );
+}

@@ -20,33 +20,44 @@ use super::conn::{Connector, RequestTemplate, Slot};
 use super::plan::{HttpPlan, Load, Model, Plan};
 use super::stats::Recorder;
 
-/// Tells every part of a run to stop (end of the run, or Ctrl-C).
+/// Tells every part of a run to stop (end of the run, or Ctrl-C), and when it was told.
 pub struct StopSignal {
     flag: AtomicBool,
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<Option<Instant>>,
 }
 
 impl StopSignal {
     pub fn new() -> Arc<StopSignal> {
         Arc::new(StopSignal {
             flag: AtomicBool::new(false),
-            tx: watch::channel(false).0,
+            tx: watch::channel(None).0,
         })
     }
 
     pub fn stop(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        self.tx.send_replace(true);
+        self.tx.send_if_modified(|at| {
+            let first = at.is_none();
+            if first {
+                *at = Some(Instant::now());
+            }
+            first
+        });
     }
 
     pub fn is_stopped(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
     }
 
+    /// When [`StopSignal::stop`] was first called.
+    pub fn stopped_at(&self) -> Option<Instant> {
+        *self.tx.borrow()
+    }
+
     /// Resolves once [`StopSignal::stop`] was called.
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();
-        while !*rx.borrow_and_update() {
+        while rx.borrow_and_update().is_none() {
             if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
@@ -471,11 +482,11 @@ async fn open(
     }
     // Nothing more to hand over: idle workers end now, busy ones after their request.
     idle.end_all();
-    // Requests due up to here (the end, or the stop) are counted once the workers are done.
-    let cutoff = if shared.stop.is_stopped() {
-        start.elapsed().as_secs_f64()
-    } else {
-        f64::INFINITY
+    // Requests due before the stop (or the end) and never sent are counted once the workers
+    // are done; those due after the stop was asked for are not missing.
+    let cutoff = match shared.stop.stopped_at() {
+        Some(at) => at.saturating_duration_since(start).as_secs_f64(),
+        None => f64::INFINITY,
     };
     (workers, (schedule, cutoff), start)
 }
@@ -520,19 +531,14 @@ async fn open_worker(
 ) {
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
-    // Made once per worker and polled again for every wait: no watch subscription per request.
-    let stopped = shared.stop.wait();
-    tokio::pin!(stopped);
     loop {
         if shared.stop.is_stopped() || !idle.push(&hand) {
             return;
         }
+        // The dispatcher ends every idle worker when it stops, for whatever reason (the end of
+        // the schedule, a stop, giving up), so the wake-up is the only thing to wait for.
         let n = loop {
-            tokio::select! {
-                biased;
-                _ = hand.wake.notified() => {}
-                _ = &mut stopped => return,
-            }
+            hand.wake.notified().await;
             match hand.request.swap(NO_REQUEST, Ordering::SeqCst) {
                 NO_REQUEST => continue,
                 END => return,
