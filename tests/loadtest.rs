@@ -719,9 +719,14 @@ async fn ctrl_c_ends_an_open_model_run_at_once_and_still_reports() {
     let responses = v["scenarios"][0]["responses"].as_u64().unwrap();
     // About 1.5 s at 300/s were answered before the stop.
     assert!((200..=700).contains(&responses), "{responses} responses");
+    // No request failed. A few due just before the stop may have been late and never sent
+    // (the machine busy with other tests): those are counted as unsent, and only those.
+    let errors = &v["scenarios"][0]["errors"];
+    let unsent = errors["unsent"].as_u64().unwrap_or(0);
     assert_eq!(
-        v["scenarios"][0]["failures"], 0,
-        "{:#}",
-        v["scenarios"][0]["errors"]
+        v["scenarios"][0]["failures"].as_u64(),
+        Some(unsent),
+        "{errors:#}"
     );
+    assert!(unsent <= 10, "{errors:#}");
 }

@@ -417,6 +417,7 @@ async fn open(
     let stopped = shared.stop.wait();
     tokio::pin!(stopped);
     let mut n = 0;
+    let mut grown_at: Option<Instant> = None;
     'dispatch: while let Some(t) = schedule.time_of(n) {
         let intended = start + Duration::from_secs_f64(t);
         let mut now = Instant::now();
@@ -445,9 +446,15 @@ async fn open(
             if let Some(hand) = idle.pop() {
                 break hand;
             }
-            // Every worker is busy: the request waits, and the pool grows once it is late.
-            if now.saturating_duration_since(intended) > LATE && count < max {
+            // Every worker is busy: the request waits, and the pool grows once it is late, by
+            // one connection per LATE at most (the dispatcher also wakes for other reasons, and
+            // a new worker goes on top of the idle stack, where it would spread the load).
+            if now.saturating_duration_since(intended) > LATE
+                && count < max
+                && grown_at.is_none_or(|at| now.saturating_duration_since(at) >= LATE)
+            {
                 spawn(&mut workers, &mut count, Slot::new());
+                grown_at = Some(now);
             }
             idle.awaited.store(true, Ordering::SeqCst);
             if let Some(hand) = idle.pop() {
