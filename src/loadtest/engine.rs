@@ -375,8 +375,13 @@ async fn open(
     let max = max_connections.max(1);
     // Enough connections for 10ms answers at the peak rate; more are added when needed.
     let initial = ((rate.max() * 0.01).ceil() as usize).clamp(1, max);
-    // Those needed at the start are opened before the schedule starts.
-    let ready = ((rate.at(0.0) * 0.01).ceil() as usize).min(initial);
+    // Those needed at the start are opened before the schedule starts; without keep-alive
+    // each request opens its own, and one opened ahead might never carry any.
+    let ready = if shared.template.keepalive() {
+        ((rate.at(0.0) * 0.01).ceil() as usize).min(initial)
+    } else {
+        0
+    };
     let mut slots = preconnect(&shared, ready).await;
     let start = Instant::now();
     let schedule = Arc::new(Schedule {
