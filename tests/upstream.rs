@@ -370,6 +370,21 @@ async fn hop_by_hop_response_headers_stop_at_levee() {
     .await;
 }
 
+/// Reads into `buf` until it holds a whole request head; the head's length, or `None` if the
+/// connection ended first.
+async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
 /// A server that answers `413` as soon as it has a request head, without reading the body,
 /// then closes (`close`) or holds the connection open without reading anything more.
 async fn refusing_server(close: bool) -> (SocketAddr, Arc<Seen>) {
@@ -383,12 +398,8 @@ async fn refusing_server(close: bool) -> (SocketAddr, Arc<Seen>) {
             let seen = s2.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 4096];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
+                if read_head(&mut sock, &mut buf).await.is_none() {
+                    return;
                 }
                 seen.requests.fetch_add(1, Ordering::SeqCst);
                 let _ = sock
@@ -478,15 +489,8 @@ async fn an_early_success_answer_still_gets_the_whole_body() {
                 return;
             };
             let mut buf = Vec::new();
-            let head_end = loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                }
+            let Some(head_end) = read_head(&mut sock, &mut buf).await else {
+                return;
             };
             let _ = sock
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
