@@ -254,6 +254,13 @@ async fn closed_worker(
 /// pool of connections grows by one.
 const LATE: Duration = Duration::from_millis(2);
 
+/// Open model: when the next request is due within this, the dispatcher polls instead of
+/// sleeping until then. At rates of tens of thousands per second the gaps are a few
+/// microseconds: a sleep and wake-up of the thread (about 1.1 µs of CPU per request measured on
+/// a 2-core VM at 55k/s) costs a generator running near its limit more than the gap, and the
+/// thread is busy anyway. At lower rates (gaps above this) it sleeps as before.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Open model: requests due before the end of the run may still be sent this long after it
 /// (they are late, and their latency says so); those still waiting then count as unsent.
 const LATE_SEND_GRACE: Duration = Duration::from_secs(1);
@@ -436,6 +443,16 @@ async fn open(
                 pace.as_mut().reset(intended);
             }
             while intended > now {
+                if intended - now <= SPIN {
+                    // Due in a few microseconds: poll (the runtime checks its sockets on each
+                    // yield) rather than sleep; see [`SPIN`].
+                    tokio::task::yield_now().await;
+                    if shared.stop.is_stopped() {
+                        break 'dispatch;
+                    }
+                    now = Instant::now();
+                    continue;
+                }
                 idle.awaited.store(true, Ordering::SeqCst);
                 tokio::select! {
                     biased;
