@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Paired-round ratio of two benchmark targets, with a distribution-free confidence interval.
 
-    bench/paired.py LABEL TARGET "a1 a2 ..." "b1 b2 ..." [HIGHER_IS_BETTER]
+    bench/paired.py [--digits=N] LABEL TARGET "a1 a2 ..." "b1 b2 ..." [lower]
 
 a_i and b_i are the two targets' figures of round i (measured one after the other, so both saw
 the same machine). Prints one markdown line: every round's a_i/b_i, the median ratio, the
 confidence interval of that median from the sign test (order statistics of the ratios; no
-assumption on how the noise is distributed), and the verdict against TARGET:
+assumption on how the noise is distributed), and the verdict against TARGET (higher is better
+unless the last argument is `lower`; ratios printed with 2 decimals, or N):
 
 - met: the whole interval is at or above TARGET (at or below it when lower is better);
 - not met: the whole interval is below TARGET (above, when lower is better);
@@ -42,6 +43,10 @@ def sign_test_interval(values, confidence=0.95):
 
 
 def main(argv):
+    digits = 2
+    if len(argv) > 1 and argv[1].startswith("--digits="):
+        digits = int(argv[1].split("=", 1)[1])
+        argv = argv[:1] + argv[2:]
     if len(argv) not in (5, 6):
         sys.exit(__doc__)
     label, target = argv[1], float(argv[2])
@@ -59,11 +64,12 @@ def main(argv):
     else:
         verdict = "met" if high <= target else "not met" if low > target else "undecided"
         want = f"<= {target:g}x"
-    rounds = " ".join(f"{r:.2f}" for r in ratios)
+    d = digits
+    rounds = " ".join(f"{r:.{d}f}" for r in ratios)
     few = "" if coverage >= 0.95 else " (too few rounds for a 95% interval: 6 or more needed)"
     print(
-        f"- {label}, paired by round: median **{med:.2f}x**, {coverage:.0%} interval "
-        f"[{low:.2f}, {high:.2f}] over {len(ratios)} rounds ({rounds}); target {want}: "
+        f"- {label}, paired by round: median **{med:.{d}f}x**, {coverage:.0%} interval "
+        f"[{low:.{d}f}, {high:.{d}f}] over {len(ratios)} rounds ({rounds}); target {want}: "
         f"**{verdict}**{few}"
     )
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const BODY: &str = "hello from backend\n";
 const MAX_HEAD: usize = 16 * 1024;
@@ -62,8 +62,9 @@ async fn serve(addrs: Vec<String>) -> io::Result<()> {
     });
     let mut listeners = Vec::new();
     for a in &addrs {
-        let l = TcpListener::bind(a)
-            .await
+        // A backlog of 1024 (nginx: 511): a generator opening hundreds of connections at once
+        // would otherwise overflow the default of 128 and wait a SYN retransmit (1 s).
+        let l = listen(a)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
         listeners.push(l);
     }
@@ -193,6 +194,20 @@ fn has_body(head: &[u8]) -> bool {
         name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"content-length") && value != b"0"
     })
+}
+
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if sa.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    socket.listen(1024)
 }
 
 #[cfg(test)]

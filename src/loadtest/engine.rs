@@ -5,8 +5,10 @@
 //! alone. At that time a dispatcher hands it to the idle connection worker that finished last (at
 //! most `max_connections` of them). When none is free the request waits, and its latency is
 //! counted from the intended time, as wrk2 does (coordinated omission corrected); the uncorrected
-//! latency, from the actual send, is recorded beside it. No channel per request: an atomic slot
-//! and a wake-up per request, and one timer per batch of requests due at once.
+//! latency, from the actual send, is recorded beside it. A worker that finishes when the next
+//! request is already due (the schedule is behind, or requests come faster than answers) claims
+//! it itself, without the dispatcher. No channel per request: an atomic claim, at most a wake-up
+//! per request, and one timer per batch of requests due at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,7 +119,7 @@ pub async fn run_http(
     if let Some((schedule, cutoff)) = open_run {
         // Requests due before the end (or the stop) that no connection could send.
         let due = schedule.due_before(cutoff);
-        let sent = schedule.sent.load(Ordering::SeqCst);
+        let sent = schedule.next.load(Ordering::SeqCst);
         if due != u64::MAX && due > sent {
             shared.recorder.record_unsent(due - sent);
         }
@@ -273,8 +275,11 @@ struct Schedule {
     /// End of the run in seconds, if it has one.
     end: Option<f64>,
     limit: Option<u64>,
-    /// Requests really sent.
-    sent: AtomicU64,
+    /// The next request to send: requests `0..next` were claimed, each by the dispatcher for an
+    /// idle worker or by a worker that finished when it was already due, and sent.
+    next: AtomicU64,
+    /// Set when the dispatch is over: no worker claims another request.
+    over: AtomicBool,
 }
 
 impl Schedule {
@@ -288,6 +293,29 @@ impl Schedule {
             None => self.rate.time_of(n)?,
         };
         (!self.end.is_some_and(|e| t >= e)).then_some(t)
+    }
+
+    /// Claims the next request if it is due by `now` (from a worker that just finished: when
+    /// the schedule is behind or the next request is due at once, it goes out without the
+    /// dispatcher and two wake-ups). `None` when it is not due yet, or there is none.
+    fn claim_due(&self, start: Instant, now: Instant) -> Option<u64> {
+        if self.over.load(Ordering::Relaxed) {
+            return None;
+        }
+        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+        let mut n = self.next.load(Ordering::SeqCst);
+        loop {
+            if self.time_of(n)? > elapsed {
+                return None;
+            }
+            match self
+                .next
+                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Some(n),
+                Err(current) => n = current,
+            }
+        }
     }
 
     /// Requests due in the first `t` seconds (within the limit).
@@ -369,7 +397,9 @@ impl Idle {
 
 /// The open model: request `n` is due at its intended time, computed from the rate alone. This
 /// task is the dispatcher: at each request's time it hands it to the idle worker that finished
-/// last, which sends it at once and records its latency from the intended time. When no worker
+/// last, which sends it at once and records its latency from the intended time; a worker that
+/// finishes after the next request's time takes it directly ([`Schedule::claim_due`]), so a
+/// schedule that fell behind catches up as fast as the connections answer. When no worker
 /// is idle the request waits (and its latency says so); when it waited more than [`LATE`], one
 /// more worker (a connection) is started, up to `max_connections`. Requests still unsent when
 /// the run ends count as `unsent` errors.
@@ -399,7 +429,8 @@ async fn open(
         },
         end: plan.duration.map(|d| d.as_secs_f64()),
         limit: plan.requests,
-        sent: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+        over: AtomicBool::new(false),
     });
     let deadline = plan.duration.map(|d| start + d);
     let idle = Arc::new(Idle::default());
@@ -428,9 +459,14 @@ async fn open(
     tokio::pin!(pace);
     let stopped = shared.stop.wait();
     tokio::pin!(stopped);
-    let mut n = 0;
     let mut grown_at: Option<Instant> = None;
-    'dispatch: while let Some(t) = schedule.time_of(n) {
+    'dispatch: loop {
+        // Workers that finish after a request is due claim it themselves: the next one to
+        // hand over is whatever is left.
+        let n = schedule.next.load(Ordering::SeqCst);
+        let Some(t) = schedule.time_of(n) else {
+            break;
+        };
         let intended = start + Duration::from_secs_f64(t);
         let mut now = Instant::now();
         if intended > now {
@@ -443,6 +479,9 @@ async fn open(
                 pace.as_mut().reset(intended);
             }
             while intended > now {
+                if schedule.next.load(Ordering::SeqCst) != n {
+                    continue 'dispatch;
+                }
                 if intended - now <= SPIN {
                     // Due in a few microseconds: poll (the runtime checks its sockets on each
                     // yield) rather than sleep; see [`SPIN`].
@@ -465,6 +504,9 @@ async fn open(
             }
         }
         let hand = loop {
+            if schedule.next.load(Ordering::SeqCst) != n {
+                continue 'dispatch;
+            }
             if let Some(hand) = idle.pop() {
                 break hand;
             }
@@ -504,12 +546,20 @@ async fn open(
                 break 'dispatch;
             }
         };
-        schedule.sent.fetch_add(1, Ordering::SeqCst);
+        if schedule
+            .next
+            .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // A worker that just finished took it: this one stays idle, on top.
+            idle.push(&hand);
+            continue;
+        }
         hand.request.store(n, Ordering::SeqCst);
         hand.wake.notify_one();
-        n += 1;
     }
     // Nothing more to hand over: idle workers end now, busy ones after their request.
+    schedule.over.store(true, Ordering::SeqCst);
     idle.end_all();
     // Requests due before the stop (or the end) and never sent are counted once the workers
     // are done; those due after the stop was asked for are not missing.
@@ -560,18 +610,28 @@ async fn open_worker(
 ) {
     let body_len = shared.template.body_len();
     let recorder = &shared.recorder;
+    let mut now = Instant::now();
     loop {
-        if shared.stop.is_stopped() || !idle.push(&hand) {
+        if shared.stop.is_stopped() {
             return;
         }
-        // The dispatcher ends every idle worker when it stops, for whatever reason (the end of
-        // the schedule, a stop, giving up), so the wake-up is the only thing to wait for.
-        let n = loop {
-            hand.wake.notified().await;
-            match hand.request.swap(NO_REQUEST, Ordering::SeqCst) {
-                NO_REQUEST => continue,
-                END => return,
-                n => break n,
+        let n = match schedule.claim_due(start, now) {
+            Some(n) => n,
+            None => {
+                if !idle.push(&hand) {
+                    return;
+                }
+                // The dispatcher ends every idle worker when it stops, for whatever reason (the
+                // end of the schedule, a stop, giving up), so the wake-up is the only thing to
+                // wait for.
+                loop {
+                    hand.wake.notified().await;
+                    match hand.request.swap(NO_REQUEST, Ordering::SeqCst) {
+                        NO_REQUEST => continue,
+                        END => return,
+                        n => break n,
+                    }
+                }
             }
         };
         let Some(t) = schedule.time_of(n) else {
@@ -588,7 +648,7 @@ async fn open_worker(
                 || recorder.connection_opened(id),
             )
             .await;
-        let now = Instant::now();
+        now = Instant::now();
         recorder.record(
             id,
             now.saturating_duration_since(intended),
@@ -596,5 +656,68 @@ async fn open_worker(
             outcome,
             body_len,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(rate: f64, limit: Option<u64>) -> Schedule {
+        Schedule {
+            rate: Load::Constant(rate),
+            constant: Some(rate),
+            end: Some(10.0),
+            limit,
+            next: AtomicU64::new(0),
+            over: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn a_finished_worker_claims_only_requests_already_due_and_each_once() {
+        // 1,000 requests/s: request n is due at n ms.
+        let s = schedule(1000.0, None);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(s.claim_due(start, at(0)), Some(0));
+        // 2.5 ms in: requests 1 and 2 are due, 3 is not.
+        assert_eq!(
+            s.claim_due(start, at(2) + Duration::from_micros(500)),
+            Some(1)
+        );
+        assert_eq!(
+            s.claim_due(start, at(2) + Duration::from_micros(500)),
+            Some(2)
+        );
+        assert_eq!(s.claim_due(start, at(2) + Duration::from_micros(500)), None);
+        assert_eq!(s.next.load(Ordering::SeqCst), 3, "nothing claimed ahead");
+        // The schedule is behind: requests 3..=9 are all due at 9 ms, claimed in order.
+        let got: Vec<u64> = std::iter::from_fn(|| s.claim_due(start, at(9))).collect();
+        assert_eq!(got, (3..=9).collect::<Vec<_>>());
+        // Once the dispatch is over, nothing more is claimed.
+        s.over.store(true, Ordering::SeqCst);
+        assert_eq!(s.claim_due(start, at(100)), None);
+    }
+
+    #[test]
+    fn claims_stop_at_the_request_limit_and_never_repeat_across_threads() {
+        let s = Arc::new(schedule(1_000_000.0, Some(20_000)));
+        let start = Instant::now();
+        let late = start + Duration::from_secs(1);
+        let claimers: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    std::iter::from_fn(|| s.claim_due(start, late)).collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = claimers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap_or_default())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..20_000).collect::<Vec<_>>(), "each request once");
     }
 }
